@@ -1,0 +1,5 @@
+"""`python -m compress` runs the CLI."""
+
+from compress.cli import main
+
+main()

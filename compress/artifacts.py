@@ -1,0 +1,124 @@
+"""The two things passed between passes: a PyTorch model (`TorchModel`) and an ONNX model (`OnnxModel`)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+# Written beside a saved model: what the loader needs to rebuild it without pickle.
+MANIFEST_FILE = "compress_model.json"
+TEXT_TASKS = ("text-classification", "feature-extraction")
+
+
+@dataclass
+class TorchModel:
+    """A PyTorch model with what is needed to feed it and to save it without pickle.
+
+    Args:
+        module: the `nn.Module`. Hugging Face models are `PreTrainedModel`s; plain modules take one tensor.
+        task: "text-classification", "feature-extraction" or "image-classification".
+        tokenizer: the Hugging Face tokenizer for text models, else None.
+        builder: for plain modules, the registered builder name that rebuilds the architecture.
+        builder_kwargs: keyword arguments of that builder.
+        surgery: structural edits applied after building from config (pruning, factorization), in order;
+            the loader re-applies them before loading the weights, so a changed model reloads without pickle.
+        source: where the model came from (for reports).
+    """
+
+    module: Any
+    task: str
+    tokenizer: Any = None
+    builder: str | None = None
+    builder_kwargs: dict = field(default_factory=dict)
+    surgery: list[dict] = field(default_factory=list)
+    source: str = ""
+
+    kind = "torch"
+
+    @property
+    def is_hf(self) -> bool:
+        return self.builder is None
+
+    @property
+    def num_labels(self) -> int | None:
+        if self.is_hf:
+            return getattr(self.module.config, "num_labels", None) if self.task != "feature-extraction" else None
+        return self.builder_kwargs.get("num_classes")
+
+    @property
+    def input_names(self) -> list[str]:
+        """Names of the model inputs, in the order the ONNX graph takes them."""
+        if not self.is_hf:
+            return ["inputs"]
+        names = ["input_ids", "attention_mask"]
+        if self.tokenizer is not None and "token_type_ids" in self.tokenizer.model_input_names:
+            if getattr(self.module.config, "type_vocab_size", 0) > 0:
+                names.append("token_type_ids")
+        return names
+
+    def logits(self, batch: dict) -> Any:
+        """Forward a batch from `compress.data` and return the logits (or, for encoders, the pooled output)."""
+        if not self.is_hf:
+            return self.module(batch["inputs"])
+        out = self.module(**{k: batch[k] for k in self.input_names if k in batch})
+        if self.task == "feature-extraction":
+            return mean_pool(out.last_hidden_state, batch["attention_mask"])
+        return out.logits
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.module.parameters())
+
+    def save(self, out_dir: str | Path) -> Path:
+        """Write weights (safetensors), config, tokenizer and manifest into `out_dir`; returns `out_dir`."""
+        from compress.models import save_torch_model
+
+        return save_torch_model(self, Path(out_dir))
+
+
+@dataclass
+class OnnxModel:
+    """An ONNX model file, with the tokenizer and task needed to feed it.
+
+    Args:
+        path: the `.onnx` (or `.ort`) file.
+        task: as for `TorchModel`.
+        tokenizer: the Hugging Face tokenizer for text models, else None.
+        input_names: the graph's input names.
+        source: where the model came from.
+    """
+
+    path: Path
+    task: str
+    tokenizer: Any = None
+    input_names: list[str] = field(default_factory=list)
+    source: str = ""
+
+    kind = "onnx"
+
+    @property
+    def folder(self) -> Path:
+        return self.path.parent
+
+    def size_bytes(self) -> int:
+        """Bytes on disk of the graph and its external data."""
+        total = self.path.stat().st_size
+        data = self.path.with_name(self.path.name + ".data")
+        return total + (data.stat().st_size if data.exists() else 0)
+
+    def manifest(self) -> dict:
+        path = self.folder / MANIFEST_FILE
+        return json.loads(path.read_text()) if path.exists() else {}
+
+
+Artifact = TorchModel | OnnxModel
+
+
+def mean_pool(hidden, attention_mask):
+    """Mean of token vectors over real tokens: (B, T, H), (B, T) -> (B, H)."""
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)

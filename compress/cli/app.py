@@ -1,0 +1,70 @@
+"""The typer app, the consoles and the option types shared by commands. Only typer, rich and pathlib here:
+heavy libraries are imported inside commands so that `compress --help` stays fast."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from typer.core import TyperGroup
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+class _Group(TyperGroup):
+    """Turns `CompressError` (bad input) into one line on stderr and exit code 2, with no traceback."""
+
+    def invoke(self, ctx):
+        from compress.errors import CompressError
+
+        try:
+            return super().invoke(ctx)
+        except CompressError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted: re-run the same command to resume where it stopped", err=True)
+            raise typer.Exit(130) from None
+
+
+app = typer.Typer(
+    cls=_Group, no_args_is_help=True, pretty_exceptions_show_locals=False, add_completion=False,
+    help="compress: distill, prune, factorize, quantize and export models, with proof they still work.",
+)
+
+# --- shared options ----------------------------------------------------------------------------------------
+
+ModelArg = Annotated[str, typer.Argument(help="Model: HF folder or hub id, 'minilm', .pt/.onnx file, tiny:bert.")]
+TaskOpt = Annotated[Optional[str], typer.Option(help="Task (default: from the config): text-classification, feature-extraction, image-classification.")]
+NumLabelsOpt = Annotated[Optional[int], typer.Option(min=2, help="Classes of a new classification head.")]
+ArchOpt = Annotated[Optional[str], typer.Option(help="Architecture of a bare state dict: HF config folder or builder name.")]
+AllowPickleOpt = Annotated[bool, typer.Option(help="Allow loading a fully pickled module (runs code from the file).")]
+TrustRemoteCodeOpt = Annotated[bool, typer.Option(help="Allow custom modelling code from the hub.")]
+
+DataOpt = Annotated[Optional[str], typer.Option(help="Data: JSONL/CSV/TSV file, folder of split files, saved dataset, builtin:digits, hub name.")]
+SplitOpt = Annotated[Optional[str], typer.Option(help="Split (file stem in a data folder, or dataset split).")]
+TextFieldOpt = Annotated[str, typer.Option(help="Field holding the text.")]
+TextPairFieldOpt = Annotated[Optional[str], typer.Option(help="Field holding the second text of a pair.")]
+LabelFieldOpt = Annotated[str, typer.Option(help="Field holding the integer label.")]
+LimitOpt = Annotated[Optional[int], typer.Option(min=1, help="Use at most this many examples.")]
+OutOpt = Annotated[Path, typer.Option("--output", "-o", help="Output folder.")]
+
+
+def load_model_from_options(model: str, task=None, num_labels=None, arch=None, allow_pickle=False,
+                            trust_remote_code=False):
+    """`compress.models.load_model` with the CLI's option names."""
+    from compress.models import load_model
+
+    return load_model(model, task=task, num_labels=num_labels, arch=arch, allow_pickle=allow_pickle,
+                      trust_remote_code=trust_remote_code)
+
+
+def data_spec(data, split=None, text_field="text", text_pair_field=None, label_field="label", limit=None):
+    """A `DataSpec` from the CLI's data options."""
+    from compress.data import DataSpec
+
+    return DataSpec(source=data, split=split, text_field=text_field, text_pair_field=text_pair_field,
+                    label_field=label_field, limit=limit)

@@ -1,0 +1,59 @@
+"""`compress bench`: the project's latency protocol over one or more models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from compress.cli.app import NumLabelsOpt, TaskOpt, app, console
+
+
+@app.command()
+def bench(
+    models: Annotated[list[str], typer.Argument(help="Models to time (PyTorch and/or ONNX), interleaved.")],
+    batch_size: Annotated[list[int], typer.Option("--batch-size", "-b", min=1, help="Batch sizes (repeat).")] = [1, 8],
+    seq_len: Annotated[list[int], typer.Option("--seq-len", "-s", min=2, help="Sequence lengths (repeat).")] = [128],
+    device: Annotated[list[str], typer.Option(help="cpu and/or cuda (cuda skipped without a GPU).")] = ["cpu"],
+    threads: Annotated[Optional[int], typer.Option(min=1, help="Threads (default: physical cores).")] = None,
+    warmup: Annotated[int, typer.Option(min=0, help="Untimed runs per shape.")] = 10,
+    iters: Annotated[int, typer.Option(min=1, help="Timed runs per shape.")] = 60,
+    rounds: Annotated[int, typer.Option(min=1, help="Round-robin rounds across models.")] = 3,
+    isolate: Annotated[bool, typer.Option(help="One worker process per model (recommended).")] = True,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the results and environment here.")] = None,
+    task: TaskOpt = None, num_labels: NumLabelsOpt = None,
+) -> None:
+    """Time MODELS: warm-up, then p50/p90/p99 and throughput per batch size x sequence length."""
+    from rich.progress import Progress
+    from rich.table import Table
+
+    from compress.errors import CompressError
+    from compress.evaluation.latency import BenchSpec
+    from compress.evaluation.latency import bench as run_bench
+
+    bad = [d for d in device if d not in ("cpu", "cuda")]
+    if bad:
+        raise CompressError(f"unknown device '{bad[0]}'", "use --device cpu or --device cuda")
+    spec = BenchSpec(batch_sizes=batch_size, seq_lens=seq_len, devices=device, threads=threads, warmup=warmup,
+                     iters=iters, rounds=rounds, isolate=isolate)
+    load_kwargs = {k: v for k, v in {"task": task, "num_labels": num_labels}.items() if v is not None}
+    with Progress(console=console, transient=True) as progress:
+        bar = progress.add_task("timing", total=None)
+        result = run_bench(models, spec, load_kwargs=load_kwargs,
+                           on_progress=lambda done, total: progress.update(bar, completed=done, total=total))
+    env = result["environment"]
+    console.print(f"[dim]{env['cpu']} | flags {','.join(env['cpu_flags']) or '-'} | threads {env['threads']} | "
+                  + " ".join(f"{k} {v}" for k, v in env["versions"].items()) + (f" | GPU {env['gpu']}" if "gpu" in env else "") + "[/]")
+    table = Table("model", "backend", "device", "provider nodes", "batch", "seq", "p50 ms", "p90 ms", "p99 ms", "samples/s")
+    for r in result["results"]:
+        nodes = ", ".join(f"{k.replace('ExecutionProvider', '')}:{v}" for k, v in r["nodes_per_provider"].items()) or "-"
+        table.add_row(r["model"], r["backend"], r["device"], nodes, str(r["batch_size"]), str(r["seq_len"]),
+                      f"{r['p50_ms']:.2f}", f"{r['p90_ms']:.2f}", f"{r['p99_ms']:.2f}", f"{r['throughput_per_s']:.1f}")
+    console.print(table)
+    for r in result["results"]:
+        if "warning" in r:
+            console.print(f"[yellow]warning[/]: {r['model']}: {r['warning']}")
+    if json_out:
+        json_out.write_text(json.dumps(result, indent=2))

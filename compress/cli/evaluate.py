@@ -1,0 +1,51 @@
+"""`compress eval`: accuracy (and macro-F1), and agreement with a reference model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from compress.cli.app import (AllowPickleOpt, ArchOpt, DataOpt, LabelFieldOpt, LimitOpt, ModelArg, NumLabelsOpt,
+                              SplitOpt, TaskOpt, TextFieldOpt, TextPairFieldOpt, TrustRemoteCodeOpt, app, console,
+                              data_spec, load_model_from_options)
+
+
+@app.command("eval")
+def evaluate(
+    model: ModelArg,
+    data: DataOpt = None,
+    split: SplitOpt = None, text_field: TextFieldOpt = "text", text_pair_field: TextPairFieldOpt = None,
+    label_field: LabelFieldOpt = "label", limit: LimitOpt = None,
+    reference: Annotated[Optional[str], typer.Option(help="Another model to compare outputs with.")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Evaluation batch size.")] = 64,
+    max_length: Annotated[int, typer.Option(min=2, help="Token truncation length.")] = 128,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the metrics here.")] = None,
+    task: TaskOpt = None, num_labels: NumLabelsOpt = None, arch: ArchOpt = None,
+    allow_pickle: AllowPickleOpt = False, trust_remote_code: TrustRemoteCodeOpt = False,
+) -> None:
+    """Score MODEL (PyTorch or ONNX, one scoring path) on labelled data."""
+    from rich.table import Table
+
+    from compress.data import load_examples
+    from compress.errors import CompressError
+    from compress.evaluation.accuracy import evaluate as run_eval
+
+    if not data:
+        raise CompressError("no evaluation data", "pass --data (e.g. ../shared/data/sst2 --split dev)")
+    loaded = load_model_from_options(model, task, num_labels, arch, allow_pickle, trust_remote_code)
+    examples = load_examples(data_spec(data, split, text_field, text_pair_field, label_field, limit))
+    ref = load_model_from_options(reference, task, num_labels, arch, allow_pickle, trust_remote_code) if reference else None
+    metrics = run_eval(loaded, examples, reference=ref, batch_size=batch_size, max_length=max_length)
+    table = Table("metric", "value", title=f"{model} on {data}{':' + split if split else ''}")
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            for k, v in value.items():
+                table.add_row(f"{key}.{k}", f"{v:.6g}")
+        else:
+            table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    console.print(table)
+    if json_out:
+        json_out.write_text(json.dumps(metrics, indent=2))

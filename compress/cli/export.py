@@ -1,0 +1,46 @@
+"""`compress export`: PyTorch -> ONNX (and ORT format), checked for parity."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from compress.cli.app import (AllowPickleOpt, ArchOpt, DataOpt, LimitOpt, ModelArg, NumLabelsOpt, SplitOpt, TaskOpt,
+                              TextFieldOpt, TextPairFieldOpt, TrustRemoteCodeOpt, app, console, data_spec,
+                              load_model_from_options)
+
+
+@app.command()
+def export(
+    model: ModelArg,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder (model.onnx + config + tokenizer).")],
+    opset: Annotated[int, typer.Option(min=11, max=23, help="ONNX opset.")] = 17,
+    exporter: Annotated[str, typer.Option(help="auto (torchscript, then dynamo), torchscript or dynamo.")] = "auto",
+    optimize: Annotated[str, typer.Option(help="none, ort (ORT offline graph optimization) or transformer (fused BERT kernels).")] = "none",
+    ort_format: Annotated[bool, typer.Option("--ort-format", help="Also write model.ort.")] = False,
+    atol: Annotated[float, typer.Option(min=0.0, help="Parity tolerance on max |Δlogits|.")] = 1e-4,
+    data: DataOpt = None, split: SplitOpt = None, text_field: TextFieldOpt = "text",
+    text_pair_field: TextPairFieldOpt = None,
+    limit: LimitOpt = 64,
+    task: TaskOpt = None, num_labels: NumLabelsOpt = None, arch: ArchOpt = None,
+    allow_pickle: AllowPickleOpt = False, trust_remote_code: TrustRemoteCodeOpt = False,
+) -> None:
+    """Export MODEL to ONNX with dynamic batch/sequence axes; fail with the numbers if outputs differ from PyTorch."""
+    from compress.data import iter_batches, load_examples
+    from compress.export.onnx import export_onnx
+
+    loaded = load_model_from_options(model, task, num_labels, arch, allow_pickle, trust_remote_code)
+    batches = None
+    if data:
+        examples = load_examples(data_spec(data, split, text_field, text_pair_field, limit=limit))
+        batches = list(iter_batches(loaded, examples, batch_size=16))
+    result = export_onnx(loaded, output, check_batches=batches, opset=opset, exporter=exporter, optimize=optimize,
+                         ort_format=ort_format, atol=atol)
+    p = result.parity
+    console.print(f"exported with the [bold]{result.exporter}[/] exporter (opset {result.opset}) to {result.model.path}")
+    console.print(f"parity on {p.examples} real inputs: max |Δlogits| {p.max_abs_diff:.2e}, "
+                  f"argmax agreement {p.argmax_agreement:.1%}")
+    if result.ort_path:
+        console.print(f"ORT format: {result.ort_path}")

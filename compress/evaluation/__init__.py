@@ -1,0 +1,1 @@
+"""Evaluation: accuracy and agreement (one scoring path for PyTorch and ONNX), latency, size."""

@@ -1,0 +1,283 @@
+"""The single latency protocol of the project.
+
+Fixed threads (default: physical cores), warm-up then timed runs, p50/p90/p99 and throughput, for each batch
+size x sequence length, on CPU (and CUDA when present). Each model runs in its own worker process and the
+workers are driven round-robin, a slice of iterations each per round: several ONNX Runtime sessions and torch
+in one process on few cores spin idle threads and ruin the numbers (shared/notes/minilm-sst2-reference.md).
+On CUDA, inputs live on the device on both sides (IOBinding for ORT) and torch is synchronized before reading
+the clock, so copies count the same.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from compress.errors import CompressError
+
+
+class BenchSpec(BaseModel):
+    """How latency is measured."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    batch_sizes: list[int] = Field([1, 8], description="Batch sizes to time.")
+    seq_lens: list[int] = Field([128], description="Sequence lengths to time (text models); every token is real.")
+    devices: list[str] = Field(["cpu"], description="Devices: cpu, cuda ('cuda' is skipped when no GPU is present).")
+    threads: int | None = Field(None, ge=1, description="Intra-op threads; default = physical cores.")
+    warmup: int = Field(10, ge=0, description="Untimed runs before timing, per shape and worker.")
+    iters: int = Field(60, ge=1, description="Timed runs per shape in total (split across rounds).")
+    rounds: int = Field(3, ge=1, description="Round-robin rounds across models (interleaving evens out drift).")
+    isolate: bool = Field(True, description="One worker process per model (recommended); False runs in-process.")
+
+
+def physical_cores() -> int:
+    import psutil
+
+    return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+
+
+def percentiles(times_ms: list[float], batch_size: int) -> dict:
+    """p50/p90/p99 in ms and throughput in samples per second (from the median)."""
+    t = np.asarray(times_ms)
+    p50 = float(np.percentile(t, 50))
+    return {"p50_ms": round(p50, 3), "p90_ms": round(float(np.percentile(t, 90)), 3),
+            "p99_ms": round(float(np.percentile(t, 99)), 3), "mean_ms": round(float(t.mean()), 3),
+            "throughput_per_s": round(1000.0 * batch_size / p50, 2), "runs": int(len(t))}
+
+
+def time_runs(fn: Callable[[], object], warmup: int, iters: int, sync: Callable[[], None] = lambda: None) -> list[float]:
+    """The one timer: `warmup` untimed calls, then `iters` timed calls, each in ms (synchronized)."""
+    for _ in range(warmup):
+        fn()
+    sync()
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append((time.perf_counter() - start) * 1000.0)
+    return times
+
+
+def environment(threads: int) -> dict:
+    """CPU model and the flags that decide int8 speed, threads, GPU, and library versions."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    cpu, flags = platform.processor() or platform.machine(), set()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name") and cpu in ("", platform.machine(), platform.processor()):
+                cpu = line.split(":", 1)[1].strip()
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    wanted = ["avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16"]
+    versions = {}
+    for pkg in ("compress", "torch", "onnxruntime", "onnxruntime-gpu", "onnx", "transformers", "optimum", "optimum-onnx"):
+        try:
+            versions[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    env = {"cpu": cpu, "cpu_flags": [f for f in wanted if f in flags], "physical_cores": physical_cores(),
+           "logical_cores": os.cpu_count(), "threads": threads, "python": platform.python_version(),
+           "platform": platform.platform(), "versions": versions}
+    import torch
+
+    if torch.cuda.is_available():
+        env["gpu"] = torch.cuda.get_device_name(0)
+    return env
+
+
+# --- workers -------------------------------------------------------------------------------------------------
+
+
+class _LocalWorker:
+    """Times one model in this process (used when isolate=False and by the worker process itself)."""
+
+    def __init__(self, source: str, device: str, threads: int, load_kwargs: dict | None = None):
+        import torch
+
+        from compress.artifacts import OnnxModel
+        from compress.models import load_model
+
+        torch.set_num_threads(threads)
+        self.model = load_model(source, **(load_kwargs or {}))
+        self.device = device
+        self.is_onnx = isinstance(self.model, OnnxModel)
+        self.info: dict = {"backend": "onnxruntime" if self.is_onnx else "pytorch", "device": device}
+        if self.is_onnx:
+            from compress.export.ort import make_session
+
+            self.session = make_session(self.model.path, device=device, threads=threads)
+            self.info["providers"] = self.session.get_providers()
+        else:
+            self.model.module.to(device).eval()
+            self.info["providers"] = [f"torch-{device}"]
+
+    def inputs(self, batch_size: int, seq_len: int) -> dict:
+        """Full-length inputs of real vocabulary tokens (text) or random images: no padding to skip."""
+        import torch
+
+        gen = torch.Generator().manual_seed(0)
+        if self.model.task in ("text-classification", "feature-extraction"):
+            vocab = len(self.model.tokenizer) if self.model.tokenizer is not None else 1000
+            ids = torch.randint(min(1000, vocab // 2), vocab, (batch_size, seq_len), generator=gen)
+            tok = self.model.tokenizer
+            if tok is not None and tok.cls_token_id is not None:
+                ids[:, 0], ids[:, -1] = tok.cls_token_id, tok.sep_token_id
+            return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
+        return {"inputs": torch.rand((batch_size, *self._image_shape()), generator=gen)}
+
+    def _image_shape(self) -> tuple:
+        if self.is_onnx:
+            dims = self.session.get_inputs()[0].shape[1:]
+            return tuple(d if isinstance(d, int) else 8 for d in dims)
+        return (1, 8, 8)  # built-in digits models
+
+    def run(self, batch_size: int, seq_len: int, warmup: int, iters: int) -> list[float]:
+        batch = self.inputs(batch_size, seq_len)
+        if self.is_onnx:
+            fn, sync = self._ort_fn(batch)
+        else:
+            fn, sync = self._torch_fn(batch)
+        return time_runs(fn, warmup, iters, sync)
+
+    def _torch_fn(self, batch):
+        import torch
+
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        sync = torch.cuda.synchronize if self.device == "cuda" else (lambda: None)
+
+        def fn():
+            with torch.inference_mode():
+                return self.model.logits(batch)
+
+        return fn, sync
+
+    def _ort_fn(self, batch):
+        names = [i.name for i in self.session.get_inputs()]
+        feed = {n: batch[n].numpy() for n in names}
+        if self.device != "cuda":
+            return (lambda: self.session.run(None, feed)), (lambda: None)
+        import onnxruntime as ort
+
+        binding = self.session.io_binding()
+        for name, value in feed.items():
+            binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(value, "cuda", 0))
+        for out in self.session.get_outputs():
+            binding.bind_output(out.name, "cuda")
+        return (lambda: self.session.run_with_iobinding(binding)), binding.synchronize_outputs
+
+    def placement(self, batch_size: int, seq_len: int) -> dict:
+        """Nodes per execution provider, from one profiled run (ONNX only)."""
+        if not self.is_onnx:
+            return {}
+        import tempfile
+
+        from compress.export.ort import make_session, nodes_per_provider
+
+        with tempfile.TemporaryDirectory() as tmp:
+            session = make_session(self.model.path, device=self.device, profile_dir=tmp, threads=1)
+            names = [i.name for i in session.get_inputs()]
+            batch = self.inputs(batch_size, seq_len)
+            return nodes_per_provider(session, {n: batch[n].numpy() for n in names})
+
+
+class _ProcessWorker:
+    """A `_LocalWorker` in a child process, driven over stdin/stdout with one JSON line per message."""
+
+    def __init__(self, source: str, device: str, threads: int, load_kwargs: dict | None = None):
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
+        self.proc = subprocess.Popen([sys.executable, "-m", "compress.evaluation.latency_worker"],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        self.info = self._ask({"source": source, "device": device, "threads": threads, "load_kwargs": load_kwargs or {}})
+
+    def _ask(self, message: dict):
+        self.proc.stdin.write(json.dumps(message) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise CompressError("the benchmark worker died", "run with --no-isolate to see its error")
+        reply = json.loads(line)
+        if "error" in reply:
+            raise CompressError(reply["error"], reply.get("fix") or "check the model")
+        return reply["result"]
+
+    def run(self, batch_size, seq_len, warmup, iters):
+        return self._ask({"op": "run", "args": [batch_size, seq_len, warmup, iters]})
+
+    def placement(self, batch_size, seq_len):
+        return self._ask({"op": "placement", "args": [batch_size, seq_len]})
+
+    def close(self):
+        try:
+            self.proc.stdin.write(json.dumps({"op": "quit"}) + "\n")
+            self.proc.stdin.flush()
+            self.proc.wait(timeout=30)
+        except (BrokenPipeError, subprocess.TimeoutExpired):
+            self.proc.kill()
+
+
+def bench(models: list[str], spec: BenchSpec | None = None, *, labels: list[str] | None = None,
+          load_kwargs: dict | None = None, on_progress: Callable[[int, int], None] | None = None) -> dict:
+    """Time each model for every device x batch size x sequence length, interleaved round-robin.
+
+    Args:
+        models: model sources (anything `load_model` takes).
+        spec: the protocol settings.
+        labels: display names (default: the sources).
+        load_kwargs: extra `load_model` arguments for every model (e.g. task, num_labels).
+        on_progress: called with (done, total) after each timed slice.
+
+    Returns: {"environment": {...}, "spec": {...}, "results": [{model, backend, device, provider(s),
+              nodes_per_provider, batch_size, seq_len, p50_ms, p90_ms, p99_ms, throughput_per_s, ...}]}
+    """
+    from compress.export.ort import cuda_available
+
+    spec = spec or BenchSpec()
+    threads = spec.threads or physical_cores()
+    labels = labels or list(models)
+    devices = [d for d in spec.devices if d == "cpu" or (d == "cuda" and cuda_available())]
+    results = []
+    shapes = [(b, s) for b in spec.batch_sizes for s in spec.seq_lens]
+    per_round = max(1, spec.iters // spec.rounds)
+    total = len(devices) * spec.rounds * len(shapes) * len(models)
+    done = 0
+    for device in devices:
+        worker_cls = _ProcessWorker if spec.isolate else _LocalWorker
+        workers = [worker_cls(m, device, threads, load_kwargs) for m in models]
+        try:
+            times: dict = {}
+            for rnd in range(spec.rounds):
+                for b, s in shapes:
+                    for i, w in enumerate(workers):  # round-robin: every model gets a slice each round
+                        warm = spec.warmup if rnd == 0 else max(1, spec.warmup // 5)
+                        times.setdefault((i, b, s), []).extend(w.run(b, s, warm, per_round))
+                        done += 1
+                        if on_progress:
+                            on_progress(done, total)
+            for i, w in enumerate(workers):
+                placement = w.placement(spec.batch_sizes[0], spec.seq_lens[0])
+                for b, s in shapes:
+                    row = {"model": labels[i], "backend": w.info["backend"], "device": device,
+                           "providers": w.info["providers"], "nodes_per_provider": placement,
+                           "batch_size": b, "seq_len": s, "threads": threads, **percentiles(times[(i, b, s)], b)}
+                    if device == "cuda" and placement and set(placement) - {"CUDAExecutionProvider"}:
+                        row["warning"] = f"nodes fell back off CUDA: {placement}"
+                    results.append(row)
+        finally:
+            for w in workers:
+                if hasattr(w, "close"):
+                    w.close()
+    return {"environment": environment(threads), "spec": spec.model_dump(), "results": results}

