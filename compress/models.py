@@ -7,7 +7,9 @@ Accepted sources:
 - a `.pt`/`.pth`/`.bin`/`.safetensors` state dict together with `arch` (HF config folder or builder name);
 - a TorchScript file; a full pickled module only with `allow_pickle=True`;
 - an `.onnx`/`.ort` file, or a folder holding `model.onnx`;
-- `tiny:bert`, `tiny:cnn`, `tiny:mlp`: small config-built models for tests.
+- `tiny:bert`, `tiny:cnn`, `tiny:mlp`: small config-built models for tests;
+- `builder:<name>`: a fresh, untrained model from a registered builder (e.g. `builder:digits-cnn`), the base
+  a `finetune` stage trains into a teacher.
 """
 
 from __future__ import annotations
@@ -136,6 +138,8 @@ def load_model(
     text = str(source)
     if text.startswith("tiny:"):
         return build_tiny(text.split(":", 1)[1], task=task, num_labels=num_labels)
+    if text.startswith("builder:"):
+        return build_fresh(text.split(":", 1)[1], task=task, num_labels=num_labels)
     if text == "minilm":
         return _load_hf(packaged_minilm_path(), task, num_labels, trust_remote_code)
     path = Path(text).expanduser()
@@ -191,6 +195,20 @@ def build_tiny(name: str, *, task: str | None = None, num_labels: int | None = N
     raise CompressError(f"unknown tiny model '{name}'", "use tiny:bert, tiny:cnn or tiny:mlp")
 
 
+def build_fresh(name: str, *, task: str | None = None, num_labels: int | None = None, seed: int = 0) -> TorchModel:
+    """A new, randomly initialised (seeded) model from a registered builder; `num_labels` sets `num_classes`."""
+    import torch
+
+    if name not in BUILDERS:
+        raise CompressError(f"unknown builder '{name}'", f"use one of: {', '.join(sorted(BUILDERS))}")
+    kwargs = {"num_classes": num_labels} if num_labels else {}
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        module = BUILDERS[name](**kwargs).eval()
+    return TorchModel(module, task or "image-classification", builder=name, builder_kwargs=kwargs,
+                      source=f"builder:{name}")
+
+
 def save_torch_model(model: TorchModel, out_dir: Path) -> Path:
     """Save without pickle: safetensors weights, HF config/tokenizer or builder manifest, and surgery list."""
     from safetensors.torch import save_file
@@ -199,6 +217,8 @@ def save_torch_model(model: TorchModel, out_dir: Path) -> Path:
     manifest = {"format": 1, "task": model.task, "builder": model.builder,
                 "builder_kwargs": model.builder_kwargs, "surgery": model.surgery}
     if model.is_hf:
+        # `architectures` lets transformers' Auto classes (and our task inference) pick the right head.
+        model.module.config.architectures = [type(model.module).__name__]
         model.module.config.save_pretrained(out_dir)
         if model.tokenizer is not None:
             model.tokenizer.save_pretrained(out_dir)
@@ -361,7 +381,8 @@ def _load_checkpoint(path: Path, task, num_labels, arch, allow_pickle) -> TorchM
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(str(arch_path))
-    task = task or _infer_task(config)
+    has_head = any(k.startswith(("classifier.", "score.")) for k in state)
+    task = task or ("text-classification" if has_head else _infer_task(config))
     if num_labels:
         config.num_labels = num_labels
     module = _hf_class(task).from_config(config, attn_implementation="eager")
