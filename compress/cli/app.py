@@ -4,7 +4,7 @@ heavy libraries are imported inside commands so that `compress --help` stays fas
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -38,18 +38,18 @@ app = typer.Typer(
 # --- shared options ----------------------------------------------------------------------------------------
 
 ModelArg = Annotated[str, typer.Argument(help="Model: HF folder or hub id, 'minilm', .pt/.onnx file, tiny:bert.")]
-TaskOpt = Annotated[Optional[str], typer.Option(help="Task (default: from the config): text-classification, feature-extraction, image-classification.")]
-NumLabelsOpt = Annotated[Optional[int], typer.Option(min=2, help="Classes of a new classification head.")]
-ArchOpt = Annotated[Optional[str], typer.Option(help="Architecture of a bare state dict: HF config folder or builder name.")]
+TaskOpt = Annotated[str | None, typer.Option(help="Task (default: from the config): text-classification, feature-extraction, image-classification.")]
+NumLabelsOpt = Annotated[int | None, typer.Option(min=2, help="Classes of a new classification head.")]
+ArchOpt = Annotated[str | None, typer.Option(help="Architecture of a bare state dict: HF config folder or builder name.")]
 AllowPickleOpt = Annotated[bool, typer.Option(help="Allow loading a fully pickled module (runs code from the file).")]
 TrustRemoteCodeOpt = Annotated[bool, typer.Option(help="Allow custom modelling code from the hub.")]
 
-DataOpt = Annotated[Optional[str], typer.Option(help="Data: JSONL/CSV/TSV file, folder of split files, saved dataset, builtin:digits, hub name.")]
-SplitOpt = Annotated[Optional[str], typer.Option(help="Split (file stem in a data folder, or dataset split).")]
+DataOpt = Annotated[str | None, typer.Option(help="Data: JSONL/CSV/TSV file, folder of split files, saved dataset, builtin:digits, hub name.")]
+SplitOpt = Annotated[str | None, typer.Option(help="Split (file stem in a data folder, or dataset split).")]
 TextFieldOpt = Annotated[str, typer.Option(help="Field holding the text.")]
-TextPairFieldOpt = Annotated[Optional[str], typer.Option(help="Field holding the second text of a pair.")]
+TextPairFieldOpt = Annotated[str | None, typer.Option(help="Field holding the second text of a pair.")]
 LabelFieldOpt = Annotated[str, typer.Option(help="Field holding the integer label.")]
-LimitOpt = Annotated[Optional[int], typer.Option(min=1, help="Use at most this many examples.")]
+LimitOpt = Annotated[int | None, typer.Option(min=1, help="Use at most this many examples.")]
 OutOpt = Annotated[Path, typer.Option("--output", "-o", help="Output folder.")]
 
 

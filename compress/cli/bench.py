@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -17,12 +17,12 @@ def bench(
     batch_size: Annotated[list[int], typer.Option("--batch-size", "-b", min=1, help="Batch sizes (repeat).")] = [1, 8],
     seq_len: Annotated[list[int], typer.Option("--seq-len", "-s", min=2, help="Sequence lengths (repeat).")] = [128],
     device: Annotated[list[str], typer.Option(help="cpu and/or cuda (cuda skipped without a GPU).")] = ["cpu"],
-    threads: Annotated[Optional[int], typer.Option(min=1, help="Threads (default: physical cores).")] = None,
+    threads: Annotated[int | None, typer.Option(min=1, help="Threads (default: physical cores).")] = None,
     warmup: Annotated[int, typer.Option(min=0, help="Untimed runs per shape.")] = 10,
     iters: Annotated[int, typer.Option(min=1, help="Timed runs per shape.")] = 60,
     rounds: Annotated[int, typer.Option(min=1, help="Round-robin rounds across models.")] = 3,
     isolate: Annotated[bool, typer.Option(help="One worker process per model (recommended).")] = True,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the results and environment here.")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the results and environment here.")] = None,
     task: TaskOpt = None, num_labels: NumLabelsOpt = None,
 ) -> None:
     """Time MODELS: warm-up, then p50/p90/p99 and throughput per batch size x sequence length."""

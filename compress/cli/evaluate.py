@@ -4,13 +4,28 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from compress.cli.app import (AllowPickleOpt, ArchOpt, DataOpt, LabelFieldOpt, LimitOpt, ModelArg, NumLabelsOpt,
-                              SplitOpt, TaskOpt, TextFieldOpt, TextPairFieldOpt, TrustRemoteCodeOpt, app, console,
-                              data_spec, load_model_from_options)
+from compress.cli.app import (
+    AllowPickleOpt,
+    ArchOpt,
+    DataOpt,
+    LabelFieldOpt,
+    LimitOpt,
+    ModelArg,
+    NumLabelsOpt,
+    SplitOpt,
+    TaskOpt,
+    TextFieldOpt,
+    TextPairFieldOpt,
+    TrustRemoteCodeOpt,
+    app,
+    console,
+    data_spec,
+    load_model_from_options,
+)
 
 
 @app.command("eval")
@@ -19,10 +34,10 @@ def evaluate(
     data: DataOpt = None,
     split: SplitOpt = None, text_field: TextFieldOpt = "text", text_pair_field: TextPairFieldOpt = None,
     label_field: LabelFieldOpt = "label", limit: LimitOpt = None,
-    reference: Annotated[Optional[str], typer.Option(help="Another model to compare outputs with.")] = None,
+    reference: Annotated[str | None, typer.Option(help="Another model to compare outputs with.")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Evaluation batch size.")] = 64,
     max_length: Annotated[int, typer.Option(min=2, help="Token truncation length.")] = 128,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the metrics here.")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the metrics here.")] = None,
     task: TaskOpt = None, num_labels: NumLabelsOpt = None, arch: ArchOpt = None,
     allow_pickle: AllowPickleOpt = False, trust_remote_code: TrustRemoteCodeOpt = False,
 ) -> None:

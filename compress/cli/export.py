@@ -7,9 +7,23 @@ from typing import Annotated
 
 import typer
 
-from compress.cli.app import (AllowPickleOpt, ArchOpt, DataOpt, LimitOpt, ModelArg, NumLabelsOpt, SplitOpt, TaskOpt,
-                              TextFieldOpt, TextPairFieldOpt, TrustRemoteCodeOpt, app, console, data_spec,
-                              load_model_from_options)
+from compress.cli.app import (
+    AllowPickleOpt,
+    ArchOpt,
+    DataOpt,
+    LimitOpt,
+    ModelArg,
+    NumLabelsOpt,
+    SplitOpt,
+    TaskOpt,
+    TextFieldOpt,
+    TextPairFieldOpt,
+    TrustRemoteCodeOpt,
+    app,
+    console,
+    data_spec,
+    load_model_from_options,
+)
 
 
 @app.command()

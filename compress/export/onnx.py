@@ -148,7 +148,7 @@ class _FirstOutput:
             def forward(self, *args):
                 if not model.is_hf:
                     return self.inner(*args)
-                return self.inner(**dict(zip(names, args)), return_dict=False)[0]
+                return self.inner(**dict(zip(names, args, strict=True)), return_dict=False)[0]
 
         return Wrapper().eval()
 

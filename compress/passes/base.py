@@ -90,7 +90,6 @@ def register_pass(config: type[PassConfig], *, accepts: tuple[str, ...] | str, r
 
 def get_pass(name: str) -> PassInfo:
     import compress.passes  # noqa: F401  (registration runs on import)
-
     from compress.errors import CompressError
 
     if name not in PASSES:
