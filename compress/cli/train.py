@@ -1,0 +1,167 @@
+"""`compress finetune` and `compress distill`: the training commands (one shared Accelerate loop).
+
+Both run unchanged under `accelerate launch -m compress ...` on several processes or GPUs."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from compress.cli.app import (AllowPickleOpt, ArchOpt, DataOpt, LabelFieldOpt, LimitOpt, ModelArg, NumLabelsOpt, OutOpt,
+                              TaskOpt, TextFieldOpt, TextPairFieldOpt, TrustRemoteCodeOpt, app, console, data_spec,
+                              load_model_from_options)
+
+TrainSplitOpt = Annotated[str, typer.Option("--split", help="Training split.")]
+EvalSplitOpt = Annotated[Optional[str], typer.Option(help="Split scored after each epoch (best epoch kept), e.g. dev.")]
+EvalLimitOpt = Annotated[Optional[int], typer.Option(min=1, help="Use at most this many evaluation examples.")]
+EpochsOpt = Annotated[float, typer.Option(min=0.0, help="Passes over the training data.")]
+MaxStepsOpt = Annotated[Optional[int], typer.Option(min=1, help="Total optimizer steps (overrides --epochs).")]
+BatchOpt = Annotated[int, typer.Option(min=1, help="Examples per step (per process).")]
+LrOpt = Annotated[float, typer.Option(min=0.0, help="Peak AdamW learning rate.")]
+WdOpt = Annotated[float, typer.Option(min=0.0, help="AdamW weight decay.")]
+WarmupOpt = Annotated[float, typer.Option(min=0.0, max=0.99, help="Fraction of steps of linear warm-up.")]
+ClipOpt = Annotated[float, typer.Option(min=0.0, help="Gradient-norm clip (0 = off).")]
+MaxLenOpt = Annotated[int, typer.Option(min=2, help="Token truncation length.")]
+SeedOpt = Annotated[int, typer.Option(help="Seed: same seed, same run.")]
+PatienceOpt = Annotated[Optional[int], typer.Option(min=1, help="Stop after N epochs without a better eval accuracy.")]
+CkptOpt = Annotated[Optional[int], typer.Option(min=1, help="Save a resumable checkpoint every N steps.")]
+ResumeOpt = Annotated[bool, typer.Option(help="Continue an interrupted run from its last checkpoint.")]
+PrecisionOpt = Annotated[str, typer.Option(help="auto, no, fp16 or bf16 (GPU only; CPU always trains in fp32).")]
+ProgressOpt = Annotated[bool, typer.Option(help="Show the progress bar.")]
+
+
+def _train_settings(**options) -> dict:
+    """The shared loop's config fields from CLI options (0 means off for the clip)."""
+    options["grad_clip"] = options["grad_clip"] or None
+    return options
+
+
+def _load_data(data, split, eval_split, text_field, text_pair_field, label_field, limit, eval_limit):
+    from compress.data import load_examples
+    from compress.errors import CompressError
+
+    if not data:
+        raise CompressError("no training data", "pass --data (e.g. ../shared/data/sst2 --split train)")
+    train = load_examples(data_spec(data, split, text_field, text_pair_field, label_field, limit))
+    evals = load_examples(data_spec(data, eval_split, text_field, text_pair_field, label_field, eval_limit)) if eval_split else None
+    return train, evals
+
+
+def _workdir(output: Path) -> Path:
+    """Checkpoints live beside the output folder, which is only written (atomically) at the end."""
+    return output.parent / f".{output.name}.work"
+
+
+def _render(title: str, metrics: dict, output: Path) -> None:
+    from rich.table import Table
+
+    table = Table("epoch", "train loss", "eval accuracy", title=title)
+    evals = {e["epoch"]: e for e in metrics.get("eval", [])}
+    for i, loss in enumerate(metrics.get("epoch_loss", []), start=1):
+        acc = evals.get(i, {}).get("accuracy")
+        star = " *" if metrics.get("best_epoch") == i else ""
+        table.add_row(str(i), f"{loss:.4f}" if loss is not None else "-", f"{acc:.4f}{star}" if acc is not None else "-")
+    console.print(table)
+    console.print(f"{metrics['steps']} steps in {metrics['seconds']:.0f} s ({metrics['examples_per_s']} ex/s); "
+                  f"model and metrics.json in {output}")
+
+
+@app.command()
+def finetune(
+    model: ModelArg,
+    output: OutOpt,
+    data: DataOpt = None, split: TrainSplitOpt = "train", eval_split: EvalSplitOpt = None,
+    text_field: TextFieldOpt = "text", text_pair_field: TextPairFieldOpt = None, label_field: LabelFieldOpt = "label",
+    limit: LimitOpt = None, eval_limit: EvalLimitOpt = None,
+    epochs: EpochsOpt = 3.0, max_steps: MaxStepsOpt = None, batch_size: BatchOpt = 32, lr: LrOpt = 5e-5,
+    weight_decay: WdOpt = 0.01, warmup_ratio: WarmupOpt = 0.06, grad_clip: ClipOpt = 1.0, max_length: MaxLenOpt = 128,
+    seed: SeedOpt = 0, patience: PatienceOpt = None, checkpoint_every: CkptOpt = None, resume: ResumeOpt = False,
+    mixed_precision: PrecisionOpt = "auto", progress: ProgressOpt = True,
+    task: TaskOpt = None, num_labels: NumLabelsOpt = None, arch: ArchOpt = None,
+    allow_pickle: AllowPickleOpt = False, trust_remote_code: TrustRemoteCodeOpt = False,
+) -> None:
+    """Fine-tune MODEL on labelled data (cross-entropy, AdamW, warm-up/decay, best epoch kept) into OUTPUT."""
+    from compress.passes.finetune import FinetuneConfig, run_finetune
+
+    train, evals = _load_data(data, split, eval_split, text_field, text_pair_field, label_field, limit, eval_limit)
+    loaded = load_model_from_options(model, task or _default_task(model), num_labels or train.num_labels, arch,
+                                     allow_pickle, trust_remote_code)
+    cfg = FinetuneConfig(**_train_settings(
+        epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+        warmup_ratio=warmup_ratio, grad_clip=grad_clip, max_length=max_length, seed=seed, patience=patience,
+        checkpoint_every=checkpoint_every, resume=resume, mixed_precision=mixed_precision))
+    metrics = run_finetune(_torch_only(loaded, model), train, cfg, _workdir(output), eval_examples=evals, progress=progress)
+    _finish(loaded, output, {"command": "finetune", "model": model, "config": cfg.model_dump(), **metrics})
+
+
+@app.command()
+def distill(
+    teacher: Annotated[str, typer.Argument(help="Teacher model (path, hub id, 'minilm').")],
+    student: Annotated[Optional[str], typer.Argument(help="Student model path / hub id, or an integer K: the teacher cut to K layers.")] = None,
+    output: OutOpt = Path("student"),
+    student_layers: Annotated[Optional[int], typer.Option(min=1, help="Derive the student: embeddings + K evenly spaced teacher layers (last kept).")] = None,
+    temperature: Annotated[float, typer.Option(min=0.01, help="Softmax temperature T of the KL term (scaled by T²).")] = 2.0,
+    alpha: Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="Weight of the KL term; 1-α goes to cross-entropy (default 0.5, 1 without labels).")] = None,
+    hidden_weight: Annotated[float, typer.Option(min=0.0, help="Weight of the hidden-state MSE (0 = off).")] = 0.0,
+    attention_weight: Annotated[float, typer.Option(min=0.0, help="Weight of the attention-map MSE (0 = off).")] = 0.0,
+    layer_map: Annotated[Optional[str], typer.Option(help="Teacher layer (0-based) per student layer, e.g. '1,3,5'.")] = None,
+    projection: Annotated[bool, typer.Option(help="Learn a linear projection when hidden widths differ.")] = True,
+    cache_dir: Annotated[Optional[Path], typer.Option(help="Where teacher logits are cached (default ~/.cache/compress).")] = None,
+    data: DataOpt = None, split: TrainSplitOpt = "train", eval_split: EvalSplitOpt = None,
+    text_field: TextFieldOpt = "text", text_pair_field: TextPairFieldOpt = None, label_field: LabelFieldOpt = "label",
+    limit: LimitOpt = None, eval_limit: EvalLimitOpt = None,
+    epochs: EpochsOpt = 3.0, max_steps: MaxStepsOpt = None, batch_size: BatchOpt = 32, lr: LrOpt = 1e-4,
+    weight_decay: WdOpt = 0.01, warmup_ratio: WarmupOpt = 0.06, grad_clip: ClipOpt = 1.0, max_length: MaxLenOpt = 128,
+    seed: SeedOpt = 0, patience: PatienceOpt = None, checkpoint_every: CkptOpt = None, resume: ResumeOpt = False,
+    mixed_precision: PrecisionOpt = "auto", progress: ProgressOpt = True,
+    allow_pickle: AllowPickleOpt = False, trust_remote_code: TrustRemoteCodeOpt = False,
+) -> None:
+    """Distill TEACHER into STUDENT: α·T²·KL(teacher ‖ student) + (1-α)·CE, plus optional hidden/attention losses."""
+    from compress.passes.distill import DistillConfig, prepare_student, run_distillation
+
+    if student is not None and student.isdigit():
+        student, student_layers = None, int(student)
+    train, evals = _load_data(data, split, eval_split, text_field, text_pair_field, label_field, limit, eval_limit)
+    t = _torch_only(load_model_from_options(teacher, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code), teacher)
+    s = _torch_only(load_model_from_options(student, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code), student) if student else None
+    cfg = DistillConfig(**_train_settings(
+        temperature=temperature, alpha=alpha if alpha is not None else (0.5 if train.labels is not None else 1.0),
+        hidden_weight=hidden_weight, attention_weight=attention_weight, projection=projection,
+        layer_map=[int(x) for x in layer_map.split(",")] if layer_map else None, student_layers=student_layers,
+        epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+        warmup_ratio=warmup_ratio, grad_clip=grad_clip, max_length=max_length, seed=seed, patience=patience,
+        checkpoint_every=checkpoint_every, resume=resume, mixed_precision=mixed_precision))
+    s = prepare_student(t, s, cfg)
+    metrics = run_distillation(s, t, train, cfg, _workdir(output), eval_examples=evals, progress=progress,
+                               cache_dir=cache_dir)
+    _finish(s, output, {"command": "distill", "teacher": teacher, "student": student, "config": cfg.model_dump(), **metrics})
+
+
+def _default_task(model: str) -> str | None:
+    """`finetune minilm` means a classifier: the packaged encoder alone would load as feature-extraction."""
+    return "text-classification" if model == "minilm" else None
+
+
+def _torch_only(loaded, name):
+    from compress.artifacts import TorchModel
+    from compress.errors import CompressError
+
+    if not isinstance(loaded, TorchModel):
+        raise CompressError(f"'{name}' is an ONNX model and cannot be trained", "pass the PyTorch model it came from")
+    return loaded
+
+
+def _finish(model, output: Path, metrics: dict) -> None:
+    """Save on the main process only (the others trained the same weights), then render."""
+    from accelerate import PartialState
+
+    from compress.train import save_trained
+
+    if PartialState().is_main_process:
+        save_trained(model, output, metrics)
+        with contextlib.suppress(OSError):
+            _workdir(output).rmdir()  # only when the run left nothing in it
+        _render(f"{metrics['command']} -> {output}", metrics, output)
