@@ -1,0 +1,223 @@
+"""`compress prune` and `compress factorize`: shrink a model, optionally recover by distillation, save it
+(config + surgery manifest + safetensors, no pickle) and show per-layer tables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from compress.cli.app import (
+    AllowPickleOpt,
+    ArchOpt,
+    ModelArg,
+    NumLabelsOpt,
+    TaskOpt,
+    TextFieldOpt,
+    TextPairFieldOpt,
+    TrustRemoteCodeOpt,
+    app,
+    console,
+    data_spec,
+    load_model_from_options,
+)
+
+TargetsOpt = Annotated[list[str] | None, typer.Option("--targets", help="Glob of layer names to edit (repeat, or comma-separate).")]
+ExcludeOpt = Annotated[list[str] | None, typer.Option("--exclude", help="Glob of layer names to leave alone (repeat, or comma-separate).")]
+RecoverOpt = Annotated[bool, typer.Option("--recover", help="Distil from the unedited model afterwards (needs --data).")]
+RecoverDataOpt = Annotated[str | None, typer.Option("--data", help="Training data for --recover (e.g. ../shared/data/sst2).")]
+RecoverSplitOpt = Annotated[str, typer.Option("--split", help="Training split for --recover.")]
+EvalSplitOpt = Annotated[str | None, typer.Option("--eval-split", help="Split scored after each recovery epoch (best epoch kept).")]
+EpochsOpt = Annotated[float, typer.Option(min=0.01, help="Recovery epochs.")]
+MaxStepsOpt = Annotated[int | None, typer.Option(min=1, help="Recovery optimizer steps (overrides --epochs).")]
+LrOpt = Annotated[float, typer.Option(min=0.0, help="Recovery learning rate.")]
+BatchOpt = Annotated[int, typer.Option(min=1, help="Recovery batch size.")]
+MaxLenOpt = Annotated[int, typer.Option(min=2, help="Recovery token truncation length.")]
+LimitTrainOpt = Annotated[int | None, typer.Option(min=1, help="Use at most this many training examples.")]
+
+
+@app.command()
+def prune(
+    model: ModelArg,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder (loads with compress load_model).")],
+    sparsity: Annotated[float, typer.Option(help="Fraction removed, in [0, 1): weights, or units with --structured.")],
+    structured: Annotated[str | None, typer.Option(help="Remove whole units: neurons (FFN), heads, or channels (conv/linear stacks).")] = None,
+    global_: Annotated[bool, typer.Option("--global", help="One ranking over all targeted layers instead of per layer.")] = False,
+    targets: TargetsOpt = None, exclude: ExcludeOpt = None,
+    importance: Annotated[str, typer.Option(help="Structured: importance score of a unit (l1, l2).")] = "l2",
+    round_to: Annotated[int, typer.Option(min=1, help="Structured: kept widths rounded to this multiple.")] = 8,
+    schedule: Annotated[str, typer.Option(help="Unstructured: oneshot, or gradual (cubic, during --recover).")] = "oneshot",
+    recover: RecoverOpt = False, data: RecoverDataOpt = None, split: RecoverSplitOpt = "train",
+    eval_split: EvalSplitOpt = None, epochs: EpochsOpt = 1.0, max_steps: MaxStepsOpt = None, lr: LrOpt = 5e-5,
+    batch_size: BatchOpt = 32, max_length: MaxLenOpt = 64, limit: LimitTrainOpt = None,
+    text_field: TextFieldOpt = "text", text_pair_field: TextPairFieldOpt = None,
+    task: TaskOpt = None, num_labels: NumLabelsOpt = None, arch: ArchOpt = None,
+    allow_pickle: AllowPickleOpt = False, trust_remote_code: TrustRemoteCodeOpt = False,
+) -> None:
+    """Prune MODEL: unstructured magnitude (smaller zipped file, same speed) or --structured (smaller and faster)."""
+    from compress.passes.prune_magnitude import PruneMagnitudeConfig
+    from compress.passes.prune_structured import PruneStructuredConfig
+
+    common = dict(sparsity=sparsity, scope="global" if global_ else "layer", targets=_globs(targets),
+                  exclude=_globs(exclude), recover=_recover(recover, data, epochs, max_steps, lr, batch_size, max_length))
+    if structured:
+        cfg = _config(PruneStructuredConfig, unit=structured, importance=importance, round_to=round_to, **common)
+    else:
+        cfg = _config(PruneMagnitudeConfig, schedule=schedule, **common)
+    metrics = _run(cfg, model, output, data, split, eval_split, limit, text_field, text_pair_field,
+                   (task, num_labels, arch, allow_pickle, trust_remote_code))
+    if structured:
+        _structured_table(metrics)
+    else:
+        _unstructured_table(metrics)
+    _summary(metrics, output)
+
+
+@app.command()
+def factorize(
+    model: ModelArg,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder (loads with compress load_model).")],
+    rank_ratio: Annotated[float | None, typer.Option(help="Rank as a fraction of min(in, out), in (0, 1].")] = None,
+    energy: Annotated[float | None, typer.Option(help="Smallest rank keeping this fraction of the squared singular values.")] = None,
+    rank: Annotated[int | None, typer.Option(help="The same rank for every targeted layer.")] = None,
+    round_to: Annotated[int, typer.Option(min=1, help="Ranks rounded to this multiple.")] = 8,
+    targets: TargetsOpt = None, exclude: ExcludeOpt = None,
+    recover: RecoverOpt = False, data: RecoverDataOpt = None, split: RecoverSplitOpt = "train",
+    eval_split: EvalSplitOpt = None, epochs: EpochsOpt = 1.0, max_steps: MaxStepsOpt = None, lr: LrOpt = 5e-5,
+    batch_size: BatchOpt = 32, max_length: MaxLenOpt = 64, limit: LimitTrainOpt = None,
+    text_field: TextFieldOpt = "text", text_pair_field: TextPairFieldOpt = None,
+    task: TaskOpt = None, num_labels: NumLabelsOpt = None, arch: ArchOpt = None,
+    allow_pickle: AllowPickleOpt = False, trust_remote_code: TrustRemoteCodeOpt = False,
+) -> None:
+    """Factorize MODEL's Linear/Conv layers by truncated SVD (two thinner layers each); skip layers with no FLOP saving."""
+    from compress.passes.factorize import FactorizeConfig
+
+    cfg = _config(FactorizeConfig, rank_ratio=rank_ratio, energy=energy, rank=rank, round_to=round_to,
+                  targets=_globs(targets), exclude=_globs(exclude),
+                  recover=_recover(recover, data, epochs, max_steps, lr, batch_size, max_length))
+    metrics = _run(cfg, model, output, data, split, eval_split, limit, text_field, text_pair_field,
+                   (task, num_labels, arch, allow_pickle, trust_remote_code))
+    _factorize_table(metrics)
+    _summary(metrics, output)
+
+
+# --- glue ----------------------------------------------------------------------------------------------------
+
+
+def _globs(values: list[str] | None) -> list[str]:
+    return [g.strip() for v in values or [] for g in v.split(",") if g.strip()]
+
+
+def _config(cls, **kwargs):
+    """Build a pass config; a pydantic error becomes one CompressError line (exit 2)."""
+    from pydantic import ValidationError
+
+    from compress.errors import CompressError
+
+    try:
+        return cls(**kwargs)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(x) for x in err["loc"]) or "options"
+        raise CompressError(f"invalid {where.replace('_', '-')}: {err['msg']}", "see --help for the allowed values") from None
+
+
+def _recover(on: bool, data, epochs, max_steps, lr, batch_size, max_length):
+    from compress.errors import CompressError
+    from compress.pruning import RecoverConfig
+
+    if not on:
+        return None
+    if not data:
+        raise CompressError("--recover needs training data", "pass --data (e.g. ../shared/data/sst2)")
+    return RecoverConfig(epochs=epochs, max_steps=max_steps, lr=lr, batch_size=batch_size, max_length=max_length)
+
+
+def _run(cfg, model, output: Path, data, split, eval_split, limit, text_field, text_pair_field, load_opts) -> dict:
+    """Load the model (and data), run the pass, save atomically; returns the pass metrics."""
+    import json
+    import shutil
+
+    from compress.data import load_examples
+    from compress.passes.base import DataBundle, PassContext, get_pass
+
+    loaded = load_model_from_options(model, *load_opts)
+    if loaded.kind != "torch":
+        from compress.errors import CompressError
+
+        raise CompressError(f"'{model}' is an ONNX model; {cfg.type} edits PyTorch models", "pass the PyTorch model")
+    train = evals = None
+    if cfg.recover is not None:
+        train = load_examples(data_spec(data, split, text_field, text_pair_field, limit=limit))
+        if eval_split:
+            evals = load_examples(data_spec(data, eval_split, text_field, text_pair_field))
+    tmp, work = output.with_name(output.name + ".tmp"), output.with_name(output.name + ".work")
+    ctx = PassContext(teacher=None, data=DataBundle(train=train, eval=evals), workdir=work, progress=True)
+    result = get_pass(cfg.type).fn(loaded, cfg, ctx)
+    shutil.rmtree(tmp, ignore_errors=True)
+    result.model.save(tmp)
+    record = {"pass": cfg.type, "config": cfg.model_dump(mode="json"), "source": model, "metrics": result.metrics}
+    (tmp / "compress_pass.json").write_text(json.dumps(record, indent=2, default=str))
+    shutil.rmtree(output, ignore_errors=True)
+    tmp.rename(output)
+    shutil.rmtree(work, ignore_errors=True)
+    return result.metrics
+
+
+def _unstructured_table(m: dict) -> None:
+    table = _table(f"magnitude pruning ({m['scope']}, {m['schedule']})", "sparsity")
+    for name, s in m["sparsity_per_layer"].items():
+        table.add_row(name, f"{s:.1%}")
+    console.print(table)
+    _skipped(m)
+    console.print(f"targeted weights sparsity {m['sparsity_targeted']:.1%}, whole model {m['sparsity_model']:.1%}; "
+                  f"zipped {m['zipped_mb_before']:.2f} MB -> {m['zipped_mb_after']:.2f} MB")
+    console.print(f"[yellow]note:[/] {m['note']}")
+
+
+def _structured_table(m: dict) -> None:
+    table = _table(f"structured pruning ({m['unit']})", f"{m['unit']} before", "after", "removed")
+    for name, v in m["units_per_layer"].items():
+        table.add_row(name, str(v["before"]), str(v["after"]), f"{v['removed_fraction']:.1%}")
+    console.print(table)
+    _skipped(m)
+
+
+def _factorize_table(m: dict) -> None:
+    table = _table("low-rank factorization", "rank", "energy kept", "rel. error", "params")
+    for name, v in m["layers"].items():
+        table.add_row(name, f"{v['rank']}/{v['full_rank']}", f"{v['energy']:.3f}", f"{v['rel_error']:.3f}",
+                      f"{v['params_before']:,} -> {v['params_after']:,}")
+    console.print(table)
+    _skipped(m)
+
+
+def _table(title: str, *columns: str, justify: str = "right"):
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("layer", overflow="fold", min_width=30)
+    for column in columns:
+        table.add_column(column, justify=justify)
+    return table
+
+
+def _skipped(m: dict) -> None:
+    if m["skipped"]:
+        table = _table("left unchanged", "reason", justify="left")
+        for name, reason in m["skipped"].items():
+            table.add_row(name, reason)
+        console.print(table)
+
+
+def _summary(m: dict, output: Path) -> None:
+    before, after = m["params_before"], m["params_after"]
+    line = f"parameters {before:,} -> {after:,} ({after / before:.1%})"
+    if "recovery" in m:
+        rec = m["recovery"]
+        line += f"; recovery {rec.get('steps', '?')} steps"
+        if rec.get("best_eval_accuracy") is not None:
+            line += f", best eval accuracy {rec['best_eval_accuracy']:.4f}"
+    console.print(line)
+    console.print(f"saved to {output} (reload: compress.models.load_model('{output}'))")

@@ -1,0 +1,164 @@
+"""Pass `prune_structured`: remove whole units (FFN neurons, attention heads, or output channels of a
+conv/linear stack) scored by weight norm, so the model gets physically smaller and faster. Kept widths
+are rounded to a multiple (default 8); the edit is recorded as surgery so the model reloads without pickle."""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+from typing import Literal
+
+from pydantic import Field
+
+from compress.passes.base import PassConfig, PassContext, PassResult, register_pass
+from compress.pruning import RecoverConfig
+
+log = logging.getLogger(__name__)
+
+
+class PruneStructuredConfig(PassConfig):
+    """Remove the `sparsity` fraction of the least important units of each targeted layer (or overall)."""
+
+    type: Literal["prune_structured"] = "prune_structured"
+    sparsity: float = Field(description="Fraction of units removed, in [0, 1).", ge=0.0, lt=1.0)
+    unit: Literal["neurons", "heads", "channels"] = Field(
+        "neurons", description="neurons: transformer FFN width; heads: attention heads (BERT family); "
+        "channels: output channels of a plain conv/linear nn.Sequential.")
+    scope: Literal["layer", "global"] = Field("layer", description="layer: the same fraction everywhere; global: "
+                                              "rank units across layers (scores normalised by each layer's mean).")
+    importance: str = Field("l2", description="Importance score (l1, l2, or one added with "
+                            "compress.pruning.register_importance); computed over all weights a unit owns.")
+    round_to: int = Field(8, ge=1, description="Kept neurons/channels per layer rounded to this multiple.")
+    targets: list[str] = Field(default_factory=list, description="Globs of layer names to prune (default: all).")
+    exclude: list[str] = Field(default_factory=list, description="Globs of layer names to leave whole.")
+    recover: RecoverConfig | None = Field(None, description="Distil from the unpruned model after pruning.")
+
+
+@register_pass(PruneStructuredConfig, accepts="torch", returns="torch")
+def prune_structured(model, cfg: PruneStructuredConfig, ctx: PassContext) -> PassResult:
+    """Prune a copy of `model`; with `cfg.recover`, distil the unpruned model into it."""
+    from compress.evaluation.size import model_size
+    from compress.pruning import copy_model, recover
+
+    pruned = copy_model(model)
+    units = _units(pruned, cfg)
+    _check_globs(pruned.module, cfg)
+    chosen, skipped = [], {}
+    for name, size, slices, apply in units:
+        if _matches(name, cfg.exclude):
+            skipped[name] = "excluded by --exclude"
+        elif cfg.targets and not _matches(name, cfg.targets):
+            skipped[name] = "not in --targets"
+        else:
+            chosen.append((name, size, slices, apply))
+    keep = _keep_indices(chosen, cfg)
+    surgery, per_layer = [], {}
+    for name, size, _, apply in chosen:
+        index = keep[name]
+        per_layer[name] = {"before": size, "after": len(index), "removed_fraction": 1 - len(index) / size}
+        if len(index) < size:
+            surgery.append(apply(index))
+    if surgery:
+        _record(pruned, cfg.unit, surgery)
+    metrics: dict = {}
+    if cfg.recover is not None and surgery:
+        metrics["recovery"] = recover(pruned, model, ctx.data.train, cfg.recover, ctx.workdir / "recover",
+                                      ctx.data.eval, ctx.progress)
+    before, after = model.num_parameters(), pruned.num_parameters()
+    metrics.update({
+        "unit": cfg.unit, "units_per_layer": per_layer,
+        "sparsity_per_layer": {n: v["removed_fraction"] for n, v in per_layer.items()},
+        "params_before": before, "params_after": after, "params_removed_fraction": 1 - after / before,
+        "size_mb": model_size(pruned)["size_mb"], "skipped": skipped,
+    })
+    log.info("structured %s pruning: %d -> %d parameters", cfg.unit, before, after)
+    return PassResult(pruned, metrics)
+
+
+def _units(model, cfg):
+    """[(name, units, slices_fn, apply_fn(keep_index) -> surgery params)] for the chosen kind of unit."""
+    from compress.errors import CompressError
+    from compress.pruning import attention_modules, channel_groups, ffn_groups, head_slices
+
+    module = model.module
+    if cfg.unit == "heads":
+        found = attention_modules(module)
+        if not found:
+            raise CompressError("no attention block with removable heads in this model", "use --structured neurons/channels")
+
+        def heads_unit(name, layer, heads):
+            def apply(index):
+                # HF numbers heads as in the original model; map current positions past earlier removals.
+                gone = set(getattr(layer, "pruned_heads", set()))
+                original = [h for h in range(heads + len(gone)) if h not in gone]
+                drop = [original[h] for h in range(heads) if h not in set(index.tolist())]
+                layer.prune_heads(drop)
+                return name, drop
+            return name, heads, (lambda: head_slices(layer, heads)), apply
+
+        return [heads_unit(*x) for x in found]
+    if cfg.unit == "neurons":
+        groups = ffn_groups(module)
+        if not groups:
+            raise CompressError("no transformer feed-forward block found", "use --structured channels for conv/MLP stacks")
+    else:
+        groups = channel_groups(module)
+        if not groups:
+            raise CompressError("no prunable channel found (need a Conv/Linear followed by another)",
+                                "use --structured neurons or heads for transformers")
+
+    def group_unit(group):
+        def apply(index):
+            group.apply(module, index)
+            return {"name": group.name, "keep": len(index), "outputs": group.outputs,
+                    "inputs": [list(x) for x in group.inputs]}
+        return group.name, group.size, (lambda: group.slices(module)), apply
+
+    return [group_unit(g) for g in groups]
+
+
+def _keep_indices(chosen, cfg) -> dict:
+    """Sorted indices of the units each layer keeps: lowest importance removed, counts rounded."""
+    import torch
+
+    from compress.pruning import importance_fn, round_keep
+
+    score = importance_fn(cfg.importance)
+    multiple = 1 if cfg.unit == "heads" else cfg.round_to
+    scores = {name: score(slices()).float() for name, _, slices, _ in chosen}
+    fractions = {name: cfg.sparsity for name, *_ in chosen}
+    if cfg.scope == "global" and chosen and cfg.sparsity > 0:
+        # Each layer's scores divided by their mean, so layers of different scale compete fairly.
+        norm = torch.cat([s / s.mean().clamp(min=1e-12) for s in scores.values()])
+        k = int(round(cfg.sparsity * norm.numel()))
+        threshold = torch.kthvalue(norm, max(k, 1)).values if k else -float("inf")
+        fractions = {n: float((s / s.mean().clamp(min=1e-12) <= threshold).float().mean()) for n, s in scores.items()}
+    keep = {}
+    for name, size, _, _ in chosen:
+        count = round_keep(size, fractions[name], multiple, minimum=1)
+        keep[name] = torch.sort(torch.topk(scores[name], count).indices).values
+    return keep
+
+
+def _record(model, unit: str, surgery: list) -> None:
+    from compress.pruning import sync_hf_config
+
+    if unit == "heads":
+        model.surgery.append({"op": "prune_heads", "params": {"layers": dict(surgery)}})
+    else:
+        model.surgery.append({"op": "slice_units", "params": {"groups": surgery}})
+        sync_hf_config(model.module)
+
+
+def _matches(name: str, globs: list[str]) -> bool:
+    # A glob matches a layer or anything inside it ("bert.encoder.layer.0" matches its FFN).
+    return any(fnmatch.fnmatchcase(name, g) or fnmatch.fnmatchcase(name, g + ".*") for g in globs)
+
+
+def _check_globs(module, cfg) -> None:
+    from compress.errors import CompressError
+
+    names = [n for n, _ in module.named_modules() if n]
+    for glob in cfg.targets + cfg.exclude:
+        if not any(fnmatch.fnmatchcase(n, glob) for n in names):
+            raise CompressError(f"the glob '{glob}' matches no layer of the model", "check the layer names")
