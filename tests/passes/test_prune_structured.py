@@ -118,3 +118,19 @@ def test_recovery_trains_the_pruned_model_from_the_unpruned_one(tmp_path, tiny_b
     w_trained = result.model.module.bert.encoder.layer[0].intermediate.dense.weight
     w_pruned = before.module.bert.encoder.layer[0].intermediate.dense.weight
     assert w_trained.shape == w_pruned.shape and not torch.equal(w_trained, w_pruned)  # it trained
+
+
+def test_configs_round_trip_as_data():
+    import json
+
+    from compress.passes.factorize import FactorizeConfig
+    from compress.passes.prune_magnitude import PruneMagnitudeConfig
+    from compress.passes.prune_structured import PruneStructuredConfig
+    from compress.pruning import RecoverConfig
+
+    for cfg in (PruneMagnitudeConfig(sparsity=0.5, scope="global", schedule="gradual", recover=RecoverConfig()),
+                PruneStructuredConfig(sparsity=0.5, unit="heads", targets=["*layer.1*"]),
+                FactorizeConfig(energy=0.9, recover=RecoverConfig(epochs=1, max_length=64))):
+        assert type(cfg).model_validate(json.loads(cfg.model_dump_json())) == cfg
+    with pytest.raises(ValueError):
+        PruneStructuredConfig(sparsity=0.5, unknown_key=1)  # typos in recipes fail loudly
