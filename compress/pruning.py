@@ -405,7 +405,7 @@ class RecoverConfig(BaseModel):
 
     epochs: float = Field(1.0, gt=0, description="Epochs over the training examples.")
     max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps (overrides epochs).")
-    lr: float = Field(5e-5, gt=0, description="Learning rate.")
+    lr: float = Field(1e-4, gt=0, description="Peak learning rate (AdamW).")
     batch_size: int = Field(32, ge=1, description="Training batch size.")
     max_length: int = Field(64, ge=2, description="Token truncation length for text.")
     alpha: float = Field(0.5, ge=0, le=1, description="Weight of the distillation loss (1 - alpha on labels).")
