@@ -1,0 +1,131 @@
+"""`compress run` (a recipe end to end), `compress report` (rebuild or compare reports), `compress passes`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from compress.cli.app import app, console
+
+
+@app.command()
+def run(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML, e.g. recipes/quickstart.yaml.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Report root: the report goes to OUTPUT/<recipe name>/.")] = Path("reports"),
+    runs: Annotated[Path, typer.Option(help="Stage cache root: stages live in RUNS/<recipe name>/<stage>-<key>/.")] = Path("runs"),
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate the recipe and print the plan; load no model.")] = False,
+    fresh: Annotated[bool, typer.Option(help="Ignore the stage cache and recompute every stage.")] = False,
+) -> None:
+    """Run RECIPE: every stage (resuming from the cache), evaluation, one latency bench, and the report."""
+    from compress import pipeline
+    from compress.recipe import load_recipe
+    from compress.report import render
+
+    plan = load_recipe(recipe)
+    pipeline.check_data(plan)
+    if dry_run:
+        console.print(render.plan_table(plan, pipeline.cached_stages(plan, runs)))
+        console.print(f"[green]ok[/]: {recipe} is valid; run it with `compress run {recipe}`")
+        return
+    from compress.report import write
+
+    with _Display() as display:
+        results = pipeline.run(plan, runs_dir=runs, fresh=fresh, on_event=display.event)
+    written = write(results, output / plan.name)
+    console.print(render.stage_table(written.results))
+    console.print(written.results["summary"]["note"])
+    console.print(f"report: {written.markdown}, {written.html}, {written.folder / 'results.json'}")
+
+
+@app.command("report")
+def report(
+    dirs: Annotated[list[Path], typer.Argument(help="Report folders (holding results.json).")],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="With several folders: also write the comparison as Markdown here.")] = None,
+) -> None:
+    """Rebuild report.md/report.html from one folder's results.json, or compare several runs in one table."""
+    from compress.report import rebuild, render
+    from compress.report.build import build
+    from compress.report.schema import load_results
+
+    if len(dirs) == 1:
+        written = rebuild(dirs[0])
+        console.print(render.stage_table(written.results))
+        console.print(f"rebuilt: {written.markdown}, {written.html}")
+        return
+    runs = [build(load_results(d)) for d in dirs]
+    console.print(render.compare_table(runs))
+    if output is not None:
+        import os
+
+        tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
+        tmp.write_text(render.compare_markdown(runs, [str(d) for d in dirs]))
+        os.replace(tmp, output)
+        console.print(f"comparison: {output}")
+
+
+@app.command()
+def passes(name: Annotated[Optional[str], typer.Argument(help="Show only this pass.")] = None) -> None:
+    """List the registered passes: what they take and give, the data they need, and every config option."""
+    from rich.table import Table
+
+    from compress.passes.base import get_pass, list_passes
+
+    infos = [get_pass(name)] if name else list_passes()
+    for info in infos:
+        table = Table("option", "type", "default", "description", title=f"{info.name}: {' | '.join(info.accepts)} -> "
+                      f"{info.returns}; needs {', '.join(info.needs) or 'nothing'}", title_justify="left")
+        for field, spec in info.config.model_fields.items():
+            if field == "type":
+                continue
+            kind = getattr(spec.annotation, "__name__", None) or str(spec.annotation).replace("typing.", "")
+            default = "(required)" if spec.is_required() else repr(spec.get_default(call_default_factory=True))
+            table.add_row(field, kind, default, spec.description or "")
+        doc = (info.config.__doc__ or "").strip().splitlines()
+        console.print(table)
+        if doc:
+            console.print(f"  [dim]{doc[0]}[/]")
+
+
+class _Display:
+    """Progress of a run: one line per stage (passes may show their own bars), then bars for eval and bench."""
+
+    def __init__(self):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), console=console, transient=True)
+        self.tasks: dict = {}
+        self.started = False
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.started:
+            self.progress.stop()
+
+    def _bar(self, key: str, description: str, total: int, completed: int):
+        if not self.started:
+            self.progress.start()  # only after the stages: a pass's own progress bar may be live before
+            self.started = True
+        if key not in self.tasks:
+            self.tasks[key] = self.progress.add_task(description, total=total)
+        self.progress.update(self.tasks[key], description=description, completed=completed, total=total)
+
+    def event(self, kind: str, **info) -> None:
+        if kind == "stage":
+            n = f"[{info['index'] + 1}/{info['total']}]"
+            if info["state"] == "cached":
+                console.print(f"{n} {info['name']}: [dim]cached[/]")
+            elif info["state"] == "start":
+                console.print(f"{n} {info['name']}: running")
+            else:
+                console.print(f"{n} {info['name']}: [green]done[/]")
+        elif kind == "eval":
+            self._bar("eval", f"evaluating {info['name']}", info["total"], info["index"])
+        elif kind == "bench":
+            if "eval" in self.tasks:
+                self.progress.update(self.tasks["eval"], completed=self.progress.tasks[0].total)
+            self._bar("bench", "timing (one process per stage, round-robin)", info["total"], info["done"])

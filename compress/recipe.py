@@ -1,0 +1,343 @@
+"""Recipes: one YAML file naming a base model, data, named stages (one pass each), evaluation and goals.
+
+A recipe is data, validated completely before any model is loaded: unknown keys and wrong types fail with the
+YAML path of the offending value, each stage's pass config is resolved through the pass registry by its
+`type` (a new pass needs no change here), and the chain of artifact kinds (`torch` / `onnx`) is checked so
+that, e.g., a PyTorch-only pass placed after an ONNX export is rejected.
+
+    name: quickstart
+    model: builder:digits-cnn          # input of the first stage
+    data: {source: builtin:digits, train: train, validation: validation, eval: test}
+    stages:
+      - {name: teacher, pass: {type: finetune, epochs: 5}}
+      - {name: student-onnx, from: teacher, pass: {type: export_onnx}}
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator, model_validator
+
+from compress.errors import CompressError
+from compress.evaluation.latency import BenchSpec
+from compress.passes.base import PassConfig
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+MODEL_REF = "model"  # `from: model` is the recipe's base model
+TEACHER_REF = "teacher"  # `from: teacher` is the teacher, whatever produced it
+ONNX_SUFFIXES = (".onnx", ".ort")
+
+
+class _Strict(BaseModel):
+    # Typos in YAML fail loudly; `from`/`pass` are Python keywords, so those fields use aliases.
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class SplitSpec(_Strict):
+    """One data split. In YAML a bare string is a split name: `eval: test` = `eval: {split: test}`."""
+
+    source: str | None = Field(None, description="Dataset source for this split; default: `data.source`.")
+    split: str | None = Field(None, description="Split name: file stem in a folder (`dev`), or dataset split.")
+    limit: int | None = Field(None, gt=0, description="Keep at most this many examples.")
+    shuffle: bool = Field(False, description="Shuffle (with `seed`) before `limit`.")
+    seed: int = Field(0, description="Seed of the shuffle.")
+
+
+class DataConfig(_Strict):
+    """Where examples come from. Relative paths are relative to the folder `compress run` starts in."""
+
+    source: str | None = Field(None, description="Default source of every split: a folder of split files "
+                                                 "(`../shared/data/sst2`), a file, `builtin:digits` or a hub name.")
+    text_field: str = Field("text", description="Field holding the text.")
+    text_pair_field: str | None = Field(None, description="Field holding the second text of a pair.")
+    label_field: str = Field("label", description="Field holding the integer label.")
+    train: SplitSpec | None = Field(None, description="Training examples (finetune, distill, recovery).")
+    validation: SplitSpec | None = Field(None, description="Held-out examples the passes use for model selection "
+                                                           "and sensitivity (default: none; never the eval split).")
+    eval: SplitSpec = Field(description="Examples every stage is scored on in the report.")
+    calibration: SplitSpec | None = Field(None, description="Examples for static quantization ranges.")
+
+    @field_validator("train", "validation", "eval", "calibration", mode="before")
+    @classmethod
+    def _split_shorthand(cls, value: Any) -> Any:
+        return {"split": value} if isinstance(value, str) else value
+
+    def spec(self, which: str):
+        """The `compress.data.DataSpec` of split `which`, or None when the recipe gives none."""
+        from compress.data import DataSpec
+
+        split: SplitSpec | None = getattr(self, which)
+        if split is None:
+            return None
+        source = split.source or self.source
+        if source is None:
+            raise CompressError(f"data.{which} has no source", "set data.source or data.{which}.source")
+        return DataSpec(source=source, split=split.split, text_field=self.text_field,
+                        text_pair_field=self.text_pair_field, label_field=self.label_field, limit=split.limit,
+                        shuffle=split.shuffle, seed=split.seed)
+
+
+class Shape(_Strict):
+    """The latency shape the goals and the headline numbers use."""
+
+    device: str = Field("cpu", description="Device of the headline latency.")
+    batch_size: int = Field(1, ge=1, description="Batch size of the headline latency.")
+    seq_len: int = Field(128, ge=1, description="Sequence length of the headline latency (text models).")
+
+
+class EvalConfig(_Strict):
+    """How every stage is scored: accuracy on `data.eval`, agreement with the teacher, size, latency."""
+
+    batch_size: int = Field(64, ge=1, description="Batch size of the accuracy evaluation.")
+    max_length: int = Field(128, ge=2, description="Token truncation length of the accuracy evaluation.")
+    threads: int | None = Field(None, ge=1, description="Threads of the accuracy evaluation (default: all).")
+    latency: BenchSpec | None = Field(default_factory=BenchSpec,
+                                      description="Latency protocol (`compress bench` options); null skips timing.")
+    primary: Shape | None = Field(None, description="Headline shape for speedups and goals; default: the first "
+                                                    "device, batch size and sequence length of `latency`.")
+
+    def primary_shape(self) -> Shape | None:
+        if self.latency is None:
+            return None
+        return self.primary or Shape(device=self.latency.devices[0], batch_size=self.latency.batch_sizes[0],
+                                     seq_len=self.latency.seq_lens[0])
+
+
+class Goals(_Strict):
+    """What counts as success; the report gives each stage a verdict per goal."""
+
+    max_accuracy_drop: float | None = Field(None, ge=0, le=1, description="Largest accepted drop in accuracy "
+                                            "versus the teacher, as a fraction (0.01 = 1 point).")
+    min_speedup: float | None = Field(None, gt=0, description="Smallest accepted speedup (reference p50 / stage "
+                                      "p50 at the primary shape).")
+    speedup_vs: str = Field(TEACHER_REF, description="Stage whose latency is the speedup reference (default: the teacher).")
+
+
+class Stage(_Strict):
+    """One named step: a pass applied to the output of `from`."""
+
+    name: str = Field(pattern=NAME_PATTERN, description="Stage name, saying which pass made it: distill-3l, int8...")
+    from_: str | None = Field(None, alias="from", description="Input: an earlier stage, `teacher` or `model` "
+                                                              "(default: the previous stage; the first: `model`).")
+    pass_: SerializeAsAny[PassConfig] = Field(alias="pass", description="The pass config; `type` picks the pass "
+                                                                       "(see `compress passes`).")
+    evaluate: bool = Field(True, description="Score and time this stage in the report (false for intermediates).")
+    note: str | None = Field(None, description="One line shown in the report.")
+
+    @field_validator("pass_", mode="before")
+    @classmethod
+    def _resolve_pass(cls, value: Any) -> Any:
+        """Validate the pass config with the class its `type` registered (pydantic keeps the nested YAML path)."""
+        if isinstance(value, PassConfig):
+            return value
+        if not isinstance(value, dict) or "type" not in value:
+            raise ValueError("a pass needs a 'type' (see `compress passes`)")
+        from compress.passes.base import get_pass
+
+        try:
+            info = get_pass(str(value["type"]))
+        except CompressError as e:
+            raise ValueError(str(e)) from None
+        return info.config.model_validate(value)
+
+    @property
+    def type(self) -> str:
+        return self.pass_.type  # type: ignore[attr-defined]
+
+
+class Recipe(_Strict):
+    """A whole compression experiment: base model, data, stages, evaluation and goals."""
+
+    name: str = Field(pattern=NAME_PATTERN, description="Recipe name: names `runs/<name>/` and `reports/<name>/`.")
+    description: str | None = Field(None, description="What the recipe tries and what it should reach.")
+    model: str = Field(description="Base model, the input of the first stage: anything `load_model` takes "
+                                   "(`minilm`, an HF folder or hub id, `builder:digits-cnn`, a .onnx file...).")
+    task: Literal["text-classification", "feature-extraction", "image-classification"] | None = Field(
+        None, description="Task (default: from the model).")
+    num_labels: int | None = Field(None, ge=2, description="Classes of a new classification head.")
+    trust_remote_code: bool = Field(False, description="Allow custom modelling code from the hub.")
+    teacher: str | None = Field(None, description="The reference model: a stage name, or a model source. Default: "
+                                                  "the stage named `teacher` if any, else `model`.")
+    baselines: list[str] = Field([], description="Stages that are comparison baselines (e.g. `baseline-int8`), "
+                                                 "never picked as the best stage.")
+    seed: int = Field(0, description="Seed given to every pass.")
+    data: DataConfig = Field(description="Train / validation / eval / calibration splits.")
+    stages: list[Stage] = Field(min_length=1, description="The stages, run in order.")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation settings.")
+    goals: Goals | None = Field(None, description="Optional goals; the report gives verdicts.")
+
+    @model_validator(mode="after")
+    def _check_graph(self) -> Recipe:
+        plan(self)  # raises ValueError naming the YAML path
+        return self
+
+    # --- derived facts --------------------------------------------------------------------------------------
+
+    def teacher_stage(self) -> str | None:
+        """Name of the stage that produces the teacher, or None when the teacher is a model source."""
+        names = [s.name for s in self.stages]
+        if self.teacher is None:
+            return TEACHER_REF if TEACHER_REF in names else None
+        return self.teacher if self.teacher in names else None
+
+    def teacher_source(self) -> str | None:
+        """Model source of the teacher when no stage produces it."""
+        if self.teacher_stage() is not None:
+            return None
+        return self.teacher or self.model
+
+    def stage(self, name: str) -> Stage:
+        return next(s for s in self.stages if s.name == name)
+
+    def inputs(self) -> dict[str, str]:
+        """Stage name -> resolved input: an earlier stage name, `model`, or `teacher` (a model source)."""
+        out, previous = {}, MODEL_REF
+        teacher_stage = self.teacher_stage()
+        for s in self.stages:
+            ref = s.from_ or previous
+            if ref == TEACHER_REF and teacher_stage is not None and s.name != teacher_stage:
+                ref = teacher_stage
+            out[s.name] = ref
+            previous = s.name
+        return out
+
+
+@dataclass(frozen=True)
+class PlanStep:
+    """One stage as the runner will execute it."""
+
+    name: str
+    input: str
+    pass_type: str
+    input_kind: str
+    output_kind: str
+    needs: tuple[str, ...]
+    evaluate: bool
+
+
+def source_kind(source: str) -> str:
+    """`onnx` for .onnx/.ort files and ONNX folders, else `torch` (decided without loading anything)."""
+    path = Path(source).expanduser()
+    if path.suffix in ONNX_SUFFIXES or (path.is_dir() and (path / "model.onnx").exists()):
+        return "onnx"
+    return "torch"
+
+
+def plan(recipe: Recipe) -> list[PlanStep]:
+    """Resolve inputs and artifact kinds of every stage; raise ValueError with the YAML path on any mismatch."""
+    from compress.passes.base import get_pass
+
+    names = [s.name for s in recipe.stages]
+    for i, s in enumerate(recipe.stages):
+        if s.name in (MODEL_REF,) or names.index(s.name) != i:
+            raise ValueError(f"stages[{i}].name: '{s.name}' is {'reserved' if s.name == MODEL_REF else 'used twice'}; "
+                             "give every stage its own name")
+    teacher_stage = recipe.teacher_stage()
+    if teacher_stage is None and recipe.teacher is not None and recipe.teacher != recipe.model:
+        if not Path(recipe.teacher).expanduser().exists() and ":" not in recipe.teacher and "/" not in recipe.teacher \
+                and recipe.teacher != "minilm":
+            raise ValueError(f"teacher: '{recipe.teacher}' is neither a stage ({', '.join(names)}) nor a model source")
+    kinds = {MODEL_REF: source_kind(recipe.model)}
+    if teacher_stage is None:
+        kinds[TEACHER_REF] = source_kind(recipe.teacher_source() or recipe.model)
+    done: set[str] = {MODEL_REF, TEACHER_REF} if teacher_stage is None else {MODEL_REF}
+    steps = []
+    inputs = recipe.inputs()
+    for i, s in enumerate(recipe.stages):
+        ref = inputs[s.name]
+        if ref not in done:
+            later = ref in names
+            raise ValueError(f"stages[{i}].from: '{s.from_}' is {'a later stage' if later else 'not a stage'}; "
+                             f"use an earlier stage, '{TEACHER_REF}' or '{MODEL_REF}'")
+        info = get_pass(s.type)
+        kind = kinds[ref]
+        if kind not in info.accepts:
+            raise ValueError(f"stages[{i}].pass: '{s.type}' takes a {' or '.join(info.accepts)} model but its input "
+                             f"'{ref}' is {kind}; reorder the stages or start from a {info.accepts[0]} stage")
+        for need in info.needs:
+            if need == "teacher":
+                if teacher_stage is not None and teacher_stage not in done:
+                    raise ValueError(f"stages[{i}].pass: '{s.type}' needs the teacher, which stage '{teacher_stage}' "
+                                     "makes later; move it after the teacher stage")
+                continue
+            split = "validation" if need == "eval" else need
+            if getattr(recipe.data, split, None) is None:
+                raise ValueError(f"stages[{i}].pass: '{s.type}' needs data.{split}; add it to the recipe")
+        kinds[s.name] = info.returns
+        done.add(s.name)
+        steps.append(PlanStep(s.name, ref, s.type, kind, info.returns, info.needs, s.evaluate))
+    for key in recipe.baselines:
+        if key not in names:
+            raise ValueError(f"baselines: '{key}' is not a stage; name one of: {', '.join(names)}")
+    if recipe.goals is not None and recipe.goals.speedup_vs not in names + [TEACHER_REF]:
+        raise ValueError(f"goals.speedup_vs: '{recipe.goals.speedup_vs}' is not a stage")
+    if teacher_stage is not None and kinds[teacher_stage] != "torch":
+        raise ValueError(f"teacher: stage '{teacher_stage}' makes an ONNX model; the teacher must be PyTorch")
+    return steps
+
+
+# --- YAML in and out ------------------------------------------------------------------------------------------
+
+
+def yaml_path(loc: tuple) -> str:
+    """('stages', 2, 'pass', 'sparsity') -> 'stages[2].pass.sparsity'."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def format_error(error: ValidationError, where: str = "recipe") -> str:
+    """The first validation problem as one line, with its YAML path."""
+    errors = error.errors(include_url=False)
+    first = errors[0]
+    loc = tuple(p for p in first["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+    msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif "input" in first and first["type"] not in ("missing",) and not isinstance(first["input"], (dict, list)):
+        msg += f" (got {first['input']!r})"
+    path = yaml_path(loc)
+    more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{where}: {path + ': ' if path else ''}{msg}{more}"
+
+
+def parse_recipe(data: Any, where: str = "recipe") -> Recipe:
+    """Validate a recipe given as plain data (the parsed YAML)."""
+    if not isinstance(data, dict):
+        raise CompressError(f"{where}: a recipe is a YAML mapping", "start from recipes/quickstart.yaml")
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as e:
+        raise CompressError(format_error(e, where)) from None
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read and validate a recipe YAML file; any problem raises CompressError naming the YAML path."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise CompressError(f"recipe '{path}' not found", "pass an existing YAML file, e.g. recipes/quickstart.yaml")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark is not None else ""
+        raise CompressError(f"{path}: not valid YAML{at}", "fix the YAML syntax") from None
+    return parse_recipe(data, str(path))
+
+
+def recipe_dict(recipe: Recipe) -> dict:
+    """The recipe as plain JSON-able data with YAML key names (`from`, `pass`), every default filled in."""
+    return recipe.model_dump(mode="json", by_alias=True)
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    """The recipe as YAML; `parse_recipe(yaml.safe_load(dump_recipe(r))) == r`."""
+    import yaml
+
+    return yaml.safe_dump(recipe_dict(recipe), sort_keys=False, allow_unicode=True)

@@ -1,0 +1,110 @@
+"""A self-contained HTML report: inline CSS, plots embedded as base64 PNG, no external requests.
+
+A small inline script records, once the page has loaded, how many images decoded (`data-images-ok="n/m"` on
+<body>), so a headless browser can check that every plot rendered (scripts/check_report_html.py)."""
+
+from __future__ import annotations
+
+import base64
+import html
+
+from compress.report import render
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;color:#222;padding:0 1rem}
+h1{font-size:1.6rem}h2{font-size:1.25rem;margin-top:2rem;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;font-size:.85rem;margin:.5rem 0}th,td{border:1px solid #ddd;padding:.25rem .5rem;text-align:right}
+th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}tr.best td{background:#eaf7ea;font-weight:600}
+.note{background:#f7f7ff;border-left:4px solid #1f77b4;padding:.6rem 1rem}.ok{color:#2ca02c}.miss{color:#d62728}
+figure{margin:1rem 0}figure img{max-width:100%;border:1px solid #eee}figcaption{font-size:.8rem;color:#666}
+code{background:#f4f4f4;padding:0 .2rem}.small{font-size:.8rem;color:#555}
+"""
+
+SCRIPT = ("window.addEventListener('load',function(){var im=Array.prototype.slice.call(document.images);"
+          "var ok=im.filter(function(i){return i.complete&&i.naturalWidth>0;}).length;"
+          "document.body.setAttribute('data-images-ok',ok+'/'+im.length);});")
+
+
+def _table(header: list[str], rows: list[list[str]], best_rows: set[int] | None = None) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = []
+    for i, row in enumerate(rows):
+        cls = ' class="best"' if best_rows and i in best_rows else ""
+        cells = "".join(f"<td>{_verdict_html(c) if h == 'goals' else html.escape(c)}</td>" for h, c in zip(header, row))
+        body.append(f"<tr{cls}>{cells}</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _verdict_html(text: str) -> str:
+    return html.escape(text).replace(" ok", ' <span class="ok">ok</span>').replace(" MISS", ' <span class="miss">MISS</span>')
+
+
+def _md_inline(text: str) -> str:
+    """Escape, then turn `code` spans into <code>."""
+    parts = html.escape(text).split("`")
+    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
+
+
+def report_html(results: dict, plots: list[tuple[str, str, bytes]]) -> str:
+    """The whole page. `plots`: (stem, title, PNG bytes) from `report.plots.all_plots`."""
+    summary = results.get("summary") or {}
+    env = results.get("environment") or {}
+    best = summary.get("best")
+    parts = [f"<h1>Compression report: {html.escape(results['recipe'])}</h1>"]
+    if results.get("description"):
+        parts.append(f"<p>{_md_inline(results['description'])}</p>")
+    if summary.get("note"):
+        parts.append(f'<p class="note"><b>Result.</b> {_md_inline(summary["note"])}</p>')
+    ev = results.get("eval") or {}
+    data = ev.get("data") or {}
+    parts.append(f'<p class="small">Accuracy on <code>{html.escape(str(data.get("source")))}</code> split '
+                 f'<code>{html.escape(str(data.get("split")))}</code> ({ev.get("examples", "?")} examples). '
+                 f"p50 and speedup at {html.escape(render._shape(results))}, {env.get('threads', '?')} threads. "
+                 "Δ pt versus the teacher; ★ = best stage.</p>")
+    parts.append("<h2>Stages</h2>")
+    best_rows = {i for i, s in enumerate(results["stages"]) if s["name"] == best}
+    parts.append(_table(render.STAGE_COLUMNS, render.stage_rows(results), best_rows))
+    if summary.get("comparisons"):
+        parts.append("<h2>Best stage versus references</h2>")
+        parts.append(_table(["best", "versus", "speedup", "accuracy Δ pt", "smaller"],
+                            [[best, c["vs"], render._num(c["speedup"], "{:.2f}x"), render._pt(c["accuracy_drop"]),
+                              render._num(c["size_ratio"], "{:.1f}x")] for c in summary["comparisons"]]))
+    goals = results.get("goals") or {}
+    if goals.get("max_accuracy_drop") is not None or goals.get("min_speedup") is not None:
+        items = []
+        if goals.get("max_accuracy_drop") is not None:
+            items.append(f"accuracy at most {100 * goals['max_accuracy_drop']:.2f} pt below the teacher")
+        if goals.get("min_speedup") is not None:
+            items.append(f"speedup at least {goals['min_speedup']:.2f}x versus "
+                         f"<code>{html.escape(goals.get('speedup_vs', 'teacher'))}</code>")
+        met = [s["name"] for s in results["stages"][1:] if s.get("meets_goals")]
+        parts.append("<h2>Goals</h2><ul>" + "".join(f"<li>{i}</li>" for i in items) + "</ul>"
+                     f"<p>Stages meeting every goal: {html.escape(', '.join(met) or 'none')}.</p>")
+    parts.append("<h2>Plots</h2>")
+    for _stem, title, png in plots:
+        data64 = base64.b64encode(png).decode()
+        parts.append(f'<figure><img alt="{html.escape(title)}" src="data:image/png;base64,{data64}">'
+                     f"<figcaption>{html.escape(title)}</figcaption></figure>")
+    parts.append("<h2>Latency</h2>")
+    parts.append(_table(["stage", "backend", "device", "batch", "seq", "p50 ms", "p90 ms", "x teacher"],
+                        render.latency_rows(results)))
+    if results.get("pipeline"):
+        parts.append("<h2>Pipeline</h2>")
+        parts.append(_table(render.PIPELINE_COLUMNS, render.pipeline_rows(results)))
+    parts.append("<h2>Stage details</h2>")
+    for s in results["stages"]:
+        scalars = render._scalars(s.get("pass_metrics"))
+        detail = ", ".join(f"{html.escape(k)} = {html.escape(render._fmt(v))}" for k, v in scalars.items())
+        how = (f"<code>{html.escape(s['pass'])}</code> from <code>{html.escape(str(s.get('from')))}</code>, "
+               f"{render._num(s.get('seconds'), '{:.1f}')} s" if s.get("pass") else "given model")
+        parts.append(f"<p><b>{html.escape(s['name'])}</b>: {how}. {detail}<br><span class=small>config "
+                     f"<code>{html.escape(render._compact(s.get('config')))}</code>; path <code>{html.escape(str(s.get('path')))}"
+                     "</code></span></p>")
+    versions = ", ".join(f"{k} {v}" for k, v in (env.get("versions") or {}).items())
+    parts.append(f"<h2>Environment</h2><p class=small>{html.escape(str(env.get('cpu', '?')))} (flags: "
+                 f"{html.escape(', '.join(env.get('cpu_flags') or []) or '-')}), {env.get('threads', '?')} threads, "
+                 f"Python {html.escape(str(env.get('python', '?')))}; {html.escape(versions)}. Created "
+                 f"{html.escape(str(results.get('created', '?')))}.</p>")
+    title = html.escape(f"compress report: {results['recipe']}")
+    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
+            f"<style>{CSS}</style></head><body>{''.join(parts)}<script>{SCRIPT}</script></body></html>\n")

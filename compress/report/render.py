@@ -1,0 +1,232 @@
+"""Format built results (see `report.build`): Markdown, rich tables, the multi-run comparison. No computation."""
+
+from __future__ import annotations
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.2f}"
+
+
+def _pt(drop) -> str:
+    return "-" if drop is None else f"{0.0 - 100 * drop + 0.0:+.2f}".replace("-0.00", "+0.00")
+
+
+def _num(x, fmt="{:.2f}") -> str:
+    return "-" if x is None else fmt.format(x)
+
+
+def _size(mb) -> str:
+    if mb is None:
+        return "-"
+    return f"{mb:.1f}" if mb >= 10 else f"{mb:.3g}"
+
+
+def _verdict(stage: dict) -> str:
+    v = stage.get("verdicts") or {}
+    if not v:
+        return "-"
+    return " ".join(f"{k} {'ok' if ok else ('-' if ok is None else 'MISS')}" for k, ok in v.items())
+
+
+def _shape(results: dict) -> str:
+    p = results.get("primary")
+    if not p:
+        return "-"
+    seq = f" s{p['seq_len']}" if _is_text(results) else ""
+    return f"{p['device']} b{p['batch_size']}{seq}"
+
+
+def _is_text(results: dict) -> bool:
+    task = (results.get("recipe_config") or {}).get("task")
+    if task:
+        return task != "image-classification"
+    return any(r["seq_len"] > 1 for s in results["stages"] for r in s.get("latency", []))
+
+
+STAGE_COLUMNS = ["stage", "pass", "from", "backend", "accuracy %", "Δ pt", "agree %", "size MB", "params",
+                 "p50 ms", "speedup", "goals"]
+
+
+def stage_rows(results: dict) -> list[list[str]]:
+    """One row of strings per stage, the columns of `STAGE_COLUMNS`."""
+    best = (results.get("summary") or {}).get("best")
+    rows = []
+    for s in results["stages"]:
+        teacher = s is results["stages"][0] and s["name"] != "teacher"
+        name = s["name"] + (" (teacher)" if teacher else "") + (" (baseline)" if s.get("is_baseline") else "")
+        name += " ★" if s["name"] == best else ""
+        speed = "-" if s.get("speedup") is None else f"{s['speedup']:.2f}x"
+        rows.append([name, s.get("pass") or "-", s.get("from") or "-", s.get("backend", "-"), _pct(s.get("accuracy")),
+                     _pt(s.get("accuracy_drop")), _pct((s.get("agreement") or {}).get("argmax_agreement")),
+                     _size(s.get("size_mb")), f"{s['params']:,}", _num(s.get("p50_ms")), speed, _verdict(s)])
+    return rows
+
+
+def latency_rows(results: dict) -> list[list[str]]:
+    """stage, backend, device, batch, seq, p50, p90, x teacher: every timed shape."""
+    text = _is_text(results)
+    rows = []
+    for s in results["stages"]:
+        for r in s.get("latency", []):
+            rows.append([s["name"], r["backend"], r["device"], str(r["batch_size"]), str(r["seq_len"]) if text else "-",
+                         f"{r['p50_ms']:.2f}", f"{r['p90_ms']:.2f}", _num(r.get("speedup_vs_teacher"), "{:.2f}x")])
+    return rows
+
+
+PIPELINE_COLUMNS = ["stage", "pass", "from", "seconds", "cached", "in report"]
+
+
+def pipeline_rows(results: dict) -> list[list[str]]:
+    """Every stage that ran, in order (including intermediates not shown in the stage table)."""
+    return [[p["name"], p["pass"], p["from"], _num(p.get("seconds"), "{:.1f}"), "yes" if p.get("cached") else "no",
+             "yes" if p.get("evaluated") else "no"] for p in results.get("pipeline") or []]
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _scalars(metrics: dict) -> dict:
+    return {k: v for k, v in (metrics or {}).items() if isinstance(v, (int, float, str, bool)) or v is None}
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return str(v)
+
+
+def markdown(results: dict, plot_files: list[tuple[str, str]] | None = None) -> str:
+    """The report as Markdown. `plot_files`: (file name, title) of PNGs written beside it."""
+    env = results.get("environment") or {}
+    summary = results.get("summary") or {}
+    out = [f"# Compression report: {results['recipe']}", ""]
+    if results.get("description"):
+        out += [results["description"].strip(), ""]
+    if summary.get("note"):
+        out += [f"**Result.** {summary['note']}", ""]
+    ev = results.get("eval") or {}
+    data = ev.get("data") or {}
+    out += [f"Accuracy on `{data.get('source')}` split `{data.get('split')}` ({ev.get('examples', '?')} examples); "
+            f"agreement = argmax agreement with the teacher; p50 and speedup at {_shape(results)} "
+            f"({env.get('threads', '?')} threads); Δ pt versus the teacher. ★ = best stage.", ""]
+    out += ["## Stages", "", _md_table(STAGE_COLUMNS, stage_rows(results)), ""]
+    goals = results.get("goals")
+    if goals and (goals.get("max_accuracy_drop") is not None or goals.get("min_speedup") is not None):
+        out += ["## Goals", ""]
+        if goals.get("max_accuracy_drop") is not None:
+            out.append(f"- accuracy: at most {100 * goals['max_accuracy_drop']:.2f} pt below the teacher")
+        if goals.get("min_speedup") is not None:
+            out.append(f"- speedup: at least {goals['min_speedup']:.2f}x versus `{goals.get('speedup_vs', 'teacher')}` "
+                       f"at {_shape(results)}")
+        met = [s["name"] for s in results["stages"][1:] if s.get("meets_goals")]
+        out += ["", f"Stages meeting every goal: {', '.join(f'`{m}`' for m in met) or 'none'}.", ""]
+    if summary.get("comparisons"):
+        out += ["## Best stage versus references", "",
+                _md_table(["best", "versus", "speedup", "accuracy Δ pt", "smaller"],
+                          [[summary["best"], c["vs"], _num(c["speedup"], "{:.2f}x"), _pt(c["accuracy_drop"]),
+                            _num(c["size_ratio"], "{:.1f}x")] for c in summary["comparisons"]]), ""]
+    out += ["## Latency", "", _md_table(["stage", "backend", "device", "batch", "seq", "p50 ms", "p90 ms", "x teacher"],
+                                        latency_rows(results)), ""]
+    for file, title in plot_files or []:
+        out += [f"![{title}]({file})", ""]
+    if results.get("pipeline"):
+        out += ["## Pipeline", "", _md_table(PIPELINE_COLUMNS, pipeline_rows(results)), ""]
+    out += ["## Stage details", ""]
+    for s in results["stages"]:
+        bits = [f"### {s['name']}", ""]
+        if s.get("note"):
+            bits += [s["note"], ""]
+        if s.get("pass"):
+            cached = " (reused from the cache)" if s.get("cached") else ""
+            bits += [f"`{s['pass']}` from `{s.get('from')}`, {_num(s.get('seconds'), '{:.1f}')} s{cached}. "
+                     f"Config: `{_compact(s.get('config'))}`", ""]
+        else:
+            bits += [f"Model `{s.get('path')}`.", ""]
+        scalars = _scalars(s.get("pass_metrics"))
+        if scalars:
+            bits += [", ".join(f"{k} = {_fmt(v)}" for k, v in scalars.items()), ""]
+        agree = s.get("agreement") or {}
+        bits += [f"Agreement with the teacher: argmax {_pct(agree.get('argmax_agreement'))} %, mean KL "
+                 f"{_num(agree.get('mean_kl'), '{:.4g}')}; nonzero weights {_pct(s.get('nonzero_fraction'))} %, "
+                 f"zipped {_num(s.get('zipped_mb'), '{:.1f}')} MB. Path: `{s.get('path')}`", ""]
+        out += bits
+    versions = ", ".join(f"{k} {v}" for k, v in (env.get("versions") or {}).items())
+    out += ["## Environment", "", f"{env.get('cpu', '?')} (flags: {', '.join(env.get('cpu_flags') or []) or '-'}), "
+            f"{env.get('threads', '?')} threads, Python {env.get('python', '?')}; {versions}. "
+            f"Created {results.get('created', '?')} from recipe `{results['recipe']}`; stage cache `{results.get('run_dir')}`.",
+            ""]
+    spec = results.get("latency_spec")
+    if spec:
+        out += [f"Latency protocol: {spec.get('warmup')} warm-up runs, {spec.get('iters')} timed runs per shape in "
+                f"{spec.get('rounds')} round-robin rounds, one process per model.", ""]
+    return "\n".join(out)
+
+
+def _compact(config: dict | None) -> str:
+    import json
+
+    return json.dumps(config or {}, separators=(", ", ": "))
+
+
+CLI_COLUMNS = ["stage", "pass", "backend", "accuracy %", "Δ pt", "size MB", "p50 ms", "speedup", "goals"]
+
+
+def stage_table(results: dict):
+    """The stages as a rich Table (the CLI prints it): the Markdown table without from/agree/params."""
+    from rich.table import Table
+
+    table = Table(*CLI_COLUMNS, title=f"{results['recipe']} (p50 at {_shape(results)})")
+    best = (results.get("summary") or {}).get("best")
+    keep = [STAGE_COLUMNS.index(c) for c in CLI_COLUMNS]
+    for s, row in zip(results["stages"], stage_rows(results)):
+        table.add_row(*[row[i] for i in keep], style="bold green" if s["name"] == best else None)
+    return table
+
+
+COMPARE_COLUMNS = ["run", "stage", "backend", "accuracy %", "Δ pt", "size MB", "p50 ms", "shape", "speedup", "goals"]
+
+
+def compare_rows(runs: list[dict]) -> list[list[str]]:
+    """Rows of the multi-run comparison: every stage of every run, each against its own teacher."""
+    rows = []
+    for results in runs:
+        for s in results["stages"]:
+            rows.append([results["recipe"], s["name"], s.get("backend", "-"), _pct(s.get("accuracy")),
+                         _pt(s.get("accuracy_drop")), _size(s.get("size_mb")), _num(s.get("p50_ms")),
+                         _shape(results), _num(s.get("speedup"), "{:.2f}x"), _verdict(s)])
+    return rows
+
+
+def compare_markdown(runs: list[dict], dirs: list[str]) -> str:
+    return "\n".join(["# Comparison of runs", "", "Runs: " + ", ".join(f"`{d}`" for d in dirs), "",
+                      _md_table(COMPARE_COLUMNS, compare_rows(runs)), ""])
+
+
+def compare_table(runs: list[dict]):
+    from rich.table import Table
+
+    table = Table(*COMPARE_COLUMNS, title="Comparison of runs")
+    for row in compare_rows(runs):
+        table.add_row(*row)
+    return table
+
+
+def plan_table(recipe, cached: dict[str, bool] | None = None):
+    """The dry-run plan as a rich Table: stage, input, pass, kinds, data it needs, cache state."""
+    from rich.table import Table
+
+    from compress.recipe import plan
+
+    table = Table("#", "stage", "from", "pass", "in -> out", "needs", "in report", "cached",
+                  title=f"plan: {recipe.name} (base model {recipe.model})")
+    teacher = recipe.teacher_stage()
+    for i, step in enumerate(plan(recipe)):
+        name = step.name + (" (teacher)" if step.name == teacher else "")
+        name += " (baseline)" if step.name in recipe.baselines else ""
+        table.add_row(str(i + 1), name, step.input, step.pass_type, f"{step.input_kind} -> {step.output_kind}",
+                      ", ".join(step.needs) or "-", "yes" if step.evaluate or step.name == teacher else "no",
+                      "yes" if (cached or {}).get(step.name) else "no")
+    return table
