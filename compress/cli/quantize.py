@@ -1,0 +1,166 @@
+"""`compress quantize`: int8 (dynamic or calibrated static) or fp16 with ONNX Runtime, an optional accuracy budget
+with per-layer sensitivity, or PyTorch int8 with `--torch`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from compress.cli.app import (
+    AllowPickleOpt,
+    ArchOpt,
+    LabelFieldOpt,
+    ModelArg,
+    NumLabelsOpt,
+    TaskOpt,
+    TextFieldOpt,
+    TextPairFieldOpt,
+    TrustRemoteCodeOpt,
+    app,
+    console,
+    data_spec,
+    err_console,
+    load_model_from_options,
+)
+
+
+@app.command()
+def quantize(
+    model: ModelArg,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder (model.onnx + quantization.json + config/tokenizer).")],
+    mode: Annotated[str, typer.Option(help="dynamic (CPU, default), static (calibrated QDQ) or fp16 (CUDA).")] = "dynamic",
+    per_channel: Annotated[bool, typer.Option(help="One weight scale per output channel.")] = True,
+    weight_type: Annotated[str, typer.Option(help="auto, qint8 or quint8.")] = "auto",
+    reduce_range: Annotated[bool | None, typer.Option(help="7-bit weights (default: on without VNNI).")] = None,
+    calibration_data: Annotated[str | None, typer.Option(help="Static mode: calibration data (file or folder).")] = None,
+    calibration_split: Annotated[str, typer.Option(help="Split of the calibration data.")] = "train",
+    calibration_samples: Annotated[int, typer.Option(min=1, help="Calibration examples (random, seeded).")] = 256,
+    calibration_method: Annotated[str, typer.Option(help="minmax, entropy or percentile.")] = "minmax",
+    percentile: Annotated[float, typer.Option(help="Percentile of the percentile method.")] = 99.999,
+    op_types: Annotated[list[str] | None, typer.Option("--op-type", help="Op types to quantize (repeat); default transformer-safe.")] = None,
+    exclude: Annotated[list[str] | None, typer.Option(help="Node name or glob kept in fp32 (repeat).")] = None,
+    optimize: Annotated[str, typer.Option(help="auto, transformer (fuse first) or none.")] = "auto",
+    max_drop: Annotated[float | None, typer.Option(min=0.0, max=0.99, help="Accuracy budget vs fp32 (0.01 = 1 pt); needs --eval-data.")] = None,
+    eval_data: Annotated[str | None, typer.Option(help="Labelled data for --max-drop (file or folder).")] = None,
+    eval_split: Annotated[str | None, typer.Option(help="Split of the eval data.")] = None,
+    eval_limit: Annotated[int | None, typer.Option(min=1, help="Use at most this many eval examples.")] = None,
+    sensitivity: Annotated[str, typer.Option(help="all_but_one or alone.")] = "all_but_one",
+    granularity: Annotated[str, typer.Option(help="Sensitivity unit: layer or node.")] = "layer",
+    device: Annotated[str, typer.Option(help="Target device: cpu or cuda (checks execution-provider fallback).")] = "cpu",
+    ort_format: Annotated[bool, typer.Option("--ort-format", help="Also write model.ort.")] = False,
+    torch_int8: Annotated[bool, typer.Option("--torch", help="PyTorch int8 (dynamic, Linear layers) instead of ONNX.")] = False,
+    text_field: TextFieldOpt = "text", text_pair_field: TextPairFieldOpt = None, label_field: LabelFieldOpt = "label",
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the metrics here.")] = None,
+    task: TaskOpt = None, num_labels: NumLabelsOpt = None, arch: ArchOpt = None,
+    allow_pickle: AllowPickleOpt = False, trust_remote_code: TrustRemoteCodeOpt = False,
+) -> None:
+    """Quantize MODEL (HF folder, .pt + --arch, or .onnx) and save the settings beside it."""
+    from pydantic import ValidationError
+
+    from compress.data import load_examples
+    from compress.errors import CompressError
+
+    loaded = load_model_from_options(model, task, num_labels, arch, allow_pickle, trust_remote_code)
+    fields = dict(text_field=text_field, text_pair_field=text_pair_field, label_field=label_field)
+    if torch_int8:
+        return _torch(loaded, output, exclude or [], json_out)
+    from compress.passes.quantize import QuantizeOrtConfig
+
+    try:
+        cfg = QuantizeOrtConfig(mode=mode, per_channel=per_channel, weight_type=weight_type, reduce_range=reduce_range,
+                                calibration_method=calibration_method, percentile=percentile,
+                                calibration_samples=calibration_samples, op_types=op_types or None,
+                                exclude=exclude or [], optimize=optimize, max_drop=max_drop, sensitivity=sensitivity,
+                                granularity=granularity, eval_samples=eval_limit, device=device, ort_format=ort_format)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise CompressError(f"--{'-'.join(map(str, err['loc'])).replace('_', '-')}: {err['msg']}", "see compress quantize --help") from None
+    calibration = None
+    if calibration_data:
+        calibration = load_examples(data_spec(calibration_data, calibration_split, limit=calibration_samples, **fields)
+                                    .model_copy(update={"shuffle": True}))
+    examples = load_examples(data_spec(eval_data, eval_split, limit=eval_limit, **fields)) if eval_data else None
+    from compress.quantization import check_inputs
+
+    check_inputs(cfg, calibration, examples)  # before the progress bar: a bad input is one line, nothing else
+    result = _run_with_progress(loaded, output, cfg, calibration, examples)
+    _render(result, output)
+    if json_out:
+        json_out.write_text(json.dumps(result.metrics, indent=2, default=float))
+
+
+def _run_with_progress(loaded, output, cfg, calibration, examples):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from compress.quantization import quantize as run_quantize
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True, disable=not console.is_terminal) as progress:
+        bars: dict = {}
+
+        def on_progress(stage: str, done: int, total: int) -> None:
+            if stage not in bars:
+                bars[stage] = progress.add_task(stage, total=total)
+            progress.update(bars[stage], completed=done, total=total)
+
+        return run_quantize(loaded, output, cfg, calibration=calibration, eval_examples=examples,
+                            on_progress=on_progress)
+
+
+def _render(result, output: Path) -> None:
+    from rich.table import Table
+
+    m, s = result.metrics, result.settings["resolved"]
+    table = Table("", "value", title=f"quantized -> {output}")
+    table.add_row("mode", f"{s['mode']} ({s['format']}), optimized: {s['optimized']}")
+    if s["mode"] != "fp16":
+        table.add_row("types", f"weights {s['weight_type']}, activations {s['activation_type']}, "
+                      f"per-channel {s['per_channel']}, reduce_range {s['reduce_range']}")
+        table.add_row("reduce_range", s["reasons"]["reduce_range"])
+        table.add_row("CPU", f"{s['cpu']['cpu']} ({', '.join(s['cpu']['flags']) or 'no SIMD flags'})")
+    table.add_row("quantized MatMuls", f"{m['quantized_matmuls']} (float: {m['float_matmuls']})")
+    table.add_row("size", f"{m['size_fp32_mb']:.1f} MB -> {m['size_mb']:.1f} MB ({m['size_ratio']:.2f}x)")
+    if "accuracy" in m:
+        table.add_row("accuracy", f"fp32 {m['accuracy_fp32']:.4f} -> {m['accuracy']:.4f} (drop {m['drop'] * 100:+.2f} pt)"
+                      + (f", budget {m['max_drop'] * 100:.2f} pt {'met' if m['budget_met'] else 'NOT met'}" if "max_drop" in m else ""))
+    table.add_row("excluded nodes", str(m["excluded_nodes"]))
+    placed = m["providers"].get("nodes_per_provider")
+    if placed:
+        table.add_row("nodes per provider", ", ".join(f"{k}: {v}" for k, v in placed.items())
+                      + f" (on {m['providers']['measured_on']})")
+    table.add_row("time", f"{m['seconds']:.1f} s")
+    console.print(table)
+    if "sensitivity" in m:
+        sens = Table("rank", "unit", "nodes", "accuracy", "drop pt", "mean KL", "SQNR dB",
+                     title=f"sensitivity ({m['sensitivity_method']}: "
+                     + ("everything quantized except the unit" if m["sensitivity_method"] == "all_but_one" else "only the unit quantized") + ")")
+        for r in m["sensitivity"]:
+            sens.add_row(str(r["rank"]), r["unit"], str(r["nodes"]), f"{r['accuracy']:.4f}", f"{r['drop'] * 100:+.2f}",
+                         f"{r['mean_kl']:.2e}", f"{r['sqnr_db']:.1f}")
+        console.print(sens)
+        search = Table("step", "kept fp32", "accuracy", "drop pt", "SQNR dB", title="budget search")
+        for st in m["search"]:
+            search.add_row(str(st["step"]), st["kept_fp32"] or "-", f"{st['accuracy']:.4f}", f"{st['drop'] * 100:+.2f}",
+                           f"{st['sqnr_db']:.1f}")
+        console.print(search)
+    if m["excluded"]:
+        excl = Table("node", "why", title="kept in fp32")
+        for e in m["excluded"]:
+            excl.add_row(e["node"], e["reason"])
+        console.print(excl)
+    for w in result.warnings:
+        err_console.print(f"[yellow]warning:[/] {w}")
+
+
+def _torch(loaded, output: Path, exclude: list[str], json_out) -> None:
+    from compress.passes.quantize_torch import QuantizeTorchConfig, quantize_torch_model
+
+    result = quantize_torch_model(loaded, output, QuantizeTorchConfig(exclude=exclude))
+    m = result.metrics
+    console.print(f"PyTorch int8 ({m['backend']}): {m['quantized_linears']} Linear layers quantized, "
+                  f"{m['size_fp32_mb']:.1f} MB -> {m['size_mb']:.1f} MB, saved to {output}")
+    if json_out:
+        json_out.write_text(json.dumps(m, indent=2, default=float))

@@ -1,0 +1,86 @@
+"""Pass `quantize_ort`: TorchModel or OnnxModel -> int8 (dynamic or calibrated static QDQ) or fp16 ONNX via ONNX
+Runtime, with an optional accuracy budget (per-layer sensitivity, sensitive layers kept fp32)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from compress.passes.base import PassConfig, PassContext, PassResult, register_pass
+
+
+class QuantizeOrtConfig(PassConfig):
+    """Quantize with ONNX Runtime. Defaults are the measured transformer-safe choices (toolchain.md §4-5, §10)."""
+
+    type: Literal["quantize_ort"] = "quantize_ort"
+    mode: Literal["dynamic", "static", "fp16"] = Field(
+        "dynamic", description="dynamic: int8 weights, activations quantized at run time (best on CPU); "
+        "static: int8 QDQ with calibrated activation ranges (needs calibration data); fp16: for the CUDA provider.")
+    per_channel: bool = Field(True, description="One weight scale per output channel (MiniLM cosine 0.99 vs 0.96).")
+    weight_type: Literal["auto", "qint8", "quint8"] = Field("auto", description="Weight integer type; auto = qint8.")
+    reduce_range: bool | None = Field(
+        None, description="7-bit weights; None = auto: on when the CPU has no VNNI (recorded with the reason).")
+    calibration_method: Literal["minmax", "entropy", "percentile"] = Field(
+        "minmax", description="Static mode: how activation ranges are chosen from the calibration data.")
+    percentile: float = Field(99.999, gt=90, le=100, description="Static percentile calibration: kept percentile.")
+    calibration_samples: int = Field(256, ge=1, description="Static mode: calibration examples used (one per run).")
+    op_types: list[str] | None = Field(
+        None, description="Op types to quantize; None = transformer-safe default (dynamic: MatMul, Gemm, Attention, "
+        "Gather, EmbedLayerNormalization; static: MatMul and Gemm with constant weights).")
+    exclude: list[str] = Field([], description="Node names or globs kept in fp32; each must match a node.")
+    optimize: Literal["auto", "transformer", "none"] = Field(
+        "auto", description="Fuse with onnxruntime.transformers first (Attention, SkipLayerNorm...); auto = on for "
+        "BERT-family models in dynamic/fp16 mode, off in static mode (fused Attention has no QDQ form).")
+    max_drop: float | None = Field(
+        None, ge=0, lt=1, description="Accuracy budget vs fp32 on the eval data (0.01 = 1 pt): keep the most "
+        "sensitive layers in fp32 until met. Needs labelled eval data.")
+    sensitivity: Literal["all_but_one", "alone"] = Field(
+        "all_but_one", description="Sensitivity: quantize all but one unit, or one unit alone; ranked by output KL.")
+    granularity: Literal["layer", "node"] = Field("layer", description="Sensitivity unit: transformer layer or node.")
+    max_excluded_units: int | None = Field(None, ge=1, description="At most this many units kept fp32 (None = half).")
+    eval_samples: int | None = Field(None, ge=1, description="Eval examples used by the budget search (None = all).")
+    device: Literal["cpu", "cuda"] = Field(
+        "cpu", description="Target device: cuda checks nodes per execution provider and warns about CPU fallback.")
+    ort_format: bool = Field(False, description="Also write model.ort.")
+
+    @model_validator(mode="after")
+    def _fp16_has_no_int8_options(self):
+        if self.mode == "fp16" and self.max_drop is not None:
+            raise ValueError("max_drop searches int8 sensitivity; it does not apply to mode fp16")
+        return self
+
+
+@register_pass(QuantizeOrtConfig, accepts=("torch", "onnx"), returns="onnx")
+def quantize_ort(model, cfg: QuantizeOrtConfig, ctx: PassContext) -> PassResult:
+    """Quantize `model` into `ctx.workdir/quantized`; static mode needs `ctx.data.calibration`, a budget `ctx.data.eval`.
+
+    Metrics: quantized_matmuls, float_matmuls, size_fp32_mb, size_mb, size_ratio, settings (resolved types,
+    reduce_range with its reason, CPU flags), excluded (node, reason), providers, and with `max_drop`:
+    accuracy_fp32, accuracy, drop, budget_met, sensitivity (rows per unit) and search (steps).
+    """
+    from compress.quantization import quantize
+
+    result = quantize(model, ctx.workdir / "quantized", cfg, calibration=ctx.data.calibration,
+                      eval_examples=ctx.data.eval if cfg.max_drop is not None else None, work_dir=ctx.workdir)
+    return PassResult(result.model, {**result.metrics, "warnings": result.warnings})
+
+
+def load_config(folder) -> QuantizeOrtConfig:
+    """The config a quantized folder was made with (from its quantization.json)."""
+    from compress.quantization import load_settings
+
+    return QuantizeOrtConfig.model_validate(load_settings(folder)["config"])
+
+
+def replay_config(folder) -> QuantizeOrtConfig:
+    """A config that re-creates the saved model exactly: resolved types fixed, the final exclusions listed, no search."""
+    from compress.quantization import load_settings
+
+    settings = load_settings(folder)
+    resolved = settings["resolved"]
+    fixed = {"max_drop": None, "exclude": resolved["excluded_nodes"], "op_types": resolved["op_types"],
+             "optimize": resolved["optimized"]}
+    if settings["config"]["mode"] != "fp16":
+        fixed.update(weight_type=resolved["weight_type"], reduce_range=resolved["reduce_range"])
+    return QuantizeOrtConfig.model_validate({**settings["config"], **fixed})
