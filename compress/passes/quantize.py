@@ -27,7 +27,7 @@ class QuantizeOrtConfig(PassConfig):
     calibration_samples: int = Field(256, ge=1, description="Static mode: calibration examples used (one per run).")
     op_types: list[str] | None = Field(
         None, description="Op types to quantize; None = transformer-safe default (dynamic: MatMul, Gemm, Attention, "
-        "Gather, EmbedLayerNormalization; static: MatMul and Gemm with constant weights).")
+        "Gather, EmbedLayerNormalization; static: MatMul/Gemm with constant weights, embedding Gather).")
     exclude: list[str] = Field([], description="Node names or globs kept in fp32; each must match a node.")
     optimize: Literal["auto", "transformer", "none"] = Field(
         "auto", description="Fuse with onnxruntime.transformers first (Attention, SkipLayerNorm...); auto = on for "
