@@ -284,7 +284,7 @@ def run(recipe: Recipe, *, runs_dir: str | Path = "runs", fresh: bool = False, o
                        load_kwargs=runner.load_kwargs, on_progress=lambda d, t: emit("bench", done=d, total=t))
     threads = (spec.threads if spec else None) or recipe.eval.threads or physical_cores()
     stages = []
-    for entry, ev in zip(entries, evals):
+    for entry, ev in zip(entries, evals, strict=False):
         record = entry["record"] or {}
         size = ev["size"]
         rows = [{k: r[k] for k in ("device", "backend", "batch_size", "seq_len", "p50_ms", "p90_ms", "p99_ms",

@@ -86,4 +86,4 @@ def test_dry_run_marks_cached_stages(cli, tmp_path):
     assert cli(["run", path, "--runs", tmp_path / "runs", "-o", tmp_path / "rep"]).exit_code == 0
     result = cli(["run", path, "--dry-run", "--runs", tmp_path / "runs"])
     assert result.exit_code == 0
-    assert result.output.count("yes") >= 4  # in report + cached for both stages
+    assert result.output.count("; cached") == 2 and "to run" not in result.output

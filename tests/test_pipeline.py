@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import json
 
+import _fake_passes as fake
 import pytest
 
-import _fake_passes as fake
 from compress import pipeline
 from compress.recipe import parse_recipe
 

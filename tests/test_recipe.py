@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import _fake_passes  # noqa: F401  (registers test_scale / test_needs_train)
 import pytest
 import yaml
 
-import _fake_passes  # noqa: F401  (registers test_scale / test_needs_train)
 from compress.errors import CompressError
 from compress.recipe import dump_recipe, load_recipe, parse_recipe, plan
 
@@ -131,5 +131,5 @@ def test_cli_dry_run_prints_plan(cli, tmp_path):
     path.write_text(yaml.safe_dump(base()))
     result = cli(["run", path, "--dry-run", "--runs", tmp_path / "runs"])
     assert result.exit_code == 0, result.output
-    assert "scaled" in result.output and "torch -> onnx" in result.output
+    assert "scaled" in result.output and "torch>onnx" in result.output and "to run" in result.output
     assert not (tmp_path / "runs").exists()  # nothing ran

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -42,7 +42,7 @@ def run(
 @app.command("report")
 def report(
     dirs: Annotated[list[Path], typer.Argument(help="Report folders (holding results.json).")],
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="With several folders: also write the comparison as Markdown here.")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="With several folders: also write the comparison as Markdown here.")] = None,
 ) -> None:
     """Rebuild report.md/report.html from one folder's results.json, or compare several runs in one table."""
     from compress.report import rebuild, render
@@ -66,7 +66,7 @@ def report(
 
 
 @app.command()
-def passes(name: Annotated[Optional[str], typer.Argument(help="Show only this pass.")] = None) -> None:
+def passes(name: Annotated[str | None, typer.Argument(help="Show only this pass.")] = None) -> None:
     """List the registered passes: what they take and give, the data they need, and every config option."""
     from rich.table import Table
 
@@ -76,16 +76,46 @@ def passes(name: Annotated[Optional[str], typer.Argument(help="Show only this pa
     for info in infos:
         table = Table("option", "type", "default", "description", title=f"{info.name}: {' | '.join(info.accepts)} -> "
                       f"{info.returns}; needs {', '.join(info.needs) or 'nothing'}", title_justify="left")
-        for field, spec in info.config.model_fields.items():
-            if field == "type":
-                continue
-            kind = getattr(spec.annotation, "__name__", None) or str(spec.annotation).replace("typing.", "")
-            default = "(required)" if spec.is_required() else repr(spec.get_default(call_default_factory=True))
-            table.add_row(field, kind, default, spec.description or "")
+        for field, kind, default, description in _options(info.config):
+            table.add_row(field, kind, default, description)
         doc = (info.config.__doc__ or "").strip().splitlines()
         console.print(table)
         if doc:
             console.print(f"  [dim]{doc[0]}[/]")
+
+
+def _options(config, prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """(option, type, default, description) of every field, nested configs (e.g. `recover.epochs`) expanded."""
+    import typing
+
+    from pydantic import BaseModel
+
+    rows = []
+    for field, spec in config.model_fields.items():
+        if field == "type" and not prefix:
+            continue
+        default = "(required)" if spec.is_required() else repr(spec.get_default(call_default_factory=True))
+        rows.append((prefix + field, _type_name(spec.annotation), default, spec.description or ""))
+        for arg in (spec.annotation, *typing.get_args(spec.annotation)):
+            if isinstance(arg, type) and issubclass(arg, BaseModel):
+                rows += _options(arg, f"{prefix}{field}.")
+    return rows
+
+
+def _type_name(annotation) -> str:
+    """`Literal['a', 'b']` -> `a|b`, `int | None` -> `int|None`, `list[str]` -> `list[str]`."""
+    import typing
+
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is typing.Literal:
+        return "|".join(str(a) for a in args)
+    if args and typing.get_origin(annotation) in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        return "|".join(_type_name(a) for a in args)
+    if args:
+        return f"{getattr(typing.get_origin(annotation), '__name__', 'list')}[{', '.join(_type_name(a) for a in args)}]"
+    if annotation is type(None):
+        return "None"
+    return getattr(annotation, "__name__", str(annotation))
 
 
 class _Display:

@@ -70,7 +70,7 @@ def build(results: dict) -> dict:
         s["verdicts"] = verdicts
         s["meets_goals"] = all(v is True for v in verdicts.values()) if verdicts else None
     measured = [s for s in stages if s.get("accuracy") is not None and s.get("p50_ms")]
-    for s, flag in zip(measured, pareto_front([(s["p50_ms"], s["accuracy"]) for s in measured])):
+    for s, flag in zip(measured, pareto_front([(s["p50_ms"], s["accuracy"]) for s in measured]), strict=False):
         s["pareto"] = flag
     out["summary"] = summarize(out)
     return out

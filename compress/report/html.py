@@ -30,7 +30,7 @@ def _table(header: list[str], rows: list[list[str]], best_rows: set[int] | None 
     body = []
     for i, row in enumerate(rows):
         cls = ' class="best"' if best_rows and i in best_rows else ""
-        cells = "".join(f"<td>{_verdict_html(c) if h == 'goals' else html.escape(c)}</td>" for h, c in zip(header, row))
+        cells = "".join(f"<td>{_verdict_html(c) if h == 'goals' else html.escape(c)}</td>" for h, c in zip(header, row, strict=False))
         body.append(f"<tr{cls}>{cells}</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 

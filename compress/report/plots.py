@@ -76,7 +76,7 @@ def size_per_stage(results: dict) -> bytes | None:
     y = range(len(stages))
     ax.barh([i + 0.2 for i in y], sizes, height=0.4, color=[_color(results, s) for s in stages][::-1], label="on disk")
     ax.barh([i - 0.2 for i in y], zipped, height=0.4, color="#aaaaaa", label="zipped")
-    for i, v in zip(y, sizes):
+    for i, v in zip(y, sizes, strict=False):
         ax.text(v, i + 0.2, f" {v:.3g}", va="center", fontsize=8)
     ax.set_yticks(list(y), names, fontsize=8)
     ax.set_xlabel("MB")
@@ -172,7 +172,7 @@ def per_layer(results: dict) -> list[tuple[str, bytes]]:
 
         fig, axes = plt.subplots(1, len(series), figsize=(3.6 * len(series) + 1.5, 0.22 * rows + 1.6), dpi=100,
                                  squeeze=False)
-        for ax, (title, values) in zip(axes[0], series):
+        for ax, (title, values) in zip(axes[0], series, strict=False):
             items = list(values.items())[:MAX_BARS]
             names = [k if len(k) <= 40 else "..." + k[-37:] for k, _ in items]
             ax.barh(range(len(items)), [v for _, v in items], color=COLORS["stage"])
@@ -187,11 +187,47 @@ def per_layer(results: dict) -> list[tuple[str, bytes]]:
     return charts
 
 
+def _loss_curves(metrics: dict, prefix: str = "") -> list[tuple[str, list]]:
+    """`train_loss` lists of [step, loss] pairs in pass metrics (top level, or one level down, e.g. `recovery`)."""
+    found = []
+    for key, value in (metrics or {}).items():
+        if key == "train_loss" and isinstance(value, list) and len(value) >= 2 and all(
+                isinstance(v, (list, tuple)) and len(v) == 2 for v in value):
+            found.append((prefix.rstrip("."), value))
+        elif isinstance(value, dict) and not prefix:
+            found += _loss_curves(value, f"{key}.")
+    return found
+
+
+def training_curves(results: dict) -> bytes | None:
+    """Training loss against optimizer step for every stage that trained (moving average of the logged losses)."""
+    import numpy as np
+
+    curves = []
+    for record in results.get("pipeline") or results["stages"]:
+        for sub, points in _loss_curves(record.get("pass_metrics") or {}):
+            curves.append((record["name"] + (f" ({sub})" if sub else ""), np.asarray(points, dtype=float)))
+    if not curves:
+        return None
+    plt, fig, ax = _figure(7.5, 3.8)
+    for label, pts in curves:
+        window = max(1, len(pts) // 40)
+        smooth = np.convolve(pts[:, 1], np.ones(window) / window, mode="valid")
+        ax.plot(pts[window - 1:, 0], smooth, label=label, linewidth=1.2)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss (moving average)")
+    ax.set_title("Training curves")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    return _png(plt, fig)
+
+
 def all_plots(results: dict) -> list[tuple[str, str, bytes]]:
     """(file stem, title, PNG) of every plot the report shows, in order."""
     out = []
     for stem, title, fn in (("accuracy_vs_latency", "Accuracy vs latency", accuracy_vs_latency),
-                            ("size", "Size per stage", size_per_stage), ("goals", "Goals", goals_chart)):
+                            ("size", "Size per stage", size_per_stage), ("goals", "Goals", goals_chart),
+                            ("training", "Training curves", training_curves)):
         png = fn(results)
         if png is not None:
             out.append((stem, title, png))

@@ -181,7 +181,7 @@ def stage_table(results: dict):
     table = Table(*CLI_COLUMNS, title=f"{results['recipe']} (p50 at {_shape(results)})")
     best = (results.get("summary") or {}).get("best")
     keep = [STAGE_COLUMNS.index(c) for c in CLI_COLUMNS]
-    for s, row in zip(results["stages"], stage_rows(results)):
+    for s, row in zip(results["stages"], stage_rows(results), strict=False):
         table.add_row(*[row[i] for i in keep], style="bold green" if s["name"] == best else None)
     return table
 
@@ -215,18 +215,23 @@ def compare_table(runs: list[dict]):
 
 
 def plan_table(recipe, cached: dict[str, bool] | None = None):
-    """The dry-run plan as a rich Table: stage, input, pass, kinds, data it needs, cache state."""
-    from rich.table import Table
+    """The dry-run plan, one line per stage (readable at any terminal width):
+    `3. baseline-int8 (baseline) <- teacher: quantize_ort [torch>onnx] needs -; to run`."""
+    from rich.console import Group
+    from rich.text import Text
 
     from compress.recipe import plan
 
-    table = Table("#", "stage", "from", "pass", "in -> out", "needs", "in report", "cached",
-                  title=f"plan: {recipe.name} (base model {recipe.model})")
+    lines = [Text(f"plan: {recipe.name} (base model {recipe.model}, {len(recipe.stages)} stages)", style="bold")]
     teacher = recipe.teacher_stage()
     for i, step in enumerate(plan(recipe)):
-        name = step.name + (" (teacher)" if step.name == teacher else "")
-        name += " (baseline)" if step.name in recipe.baselines else ""
-        table.add_row(str(i + 1), name, step.input, step.pass_type, f"{step.input_kind} -> {step.output_kind}",
-                      ", ".join(step.needs) or "-", "yes" if step.evaluate or step.name == teacher else "no",
-                      "yes" if (cached or {}).get(step.name) else "no")
-    return table
+        role = " (teacher)" if step.name == teacher else (" (baseline)" if step.name in recipe.baselines else "")
+        status = "cached" if (cached or {}).get(step.name) else "to run"
+        if not (step.evaluate or step.name == teacher):
+            status += ", not in report"
+        line = Text(f"{i + 1:>2}. ")
+        line.append(step.name + role, style="cyan")
+        line.append(f" <- {step.input}: {step.pass_type} [{step.input_kind}>{step.output_kind}] "
+                    f"needs {','.join(step.needs) or '-'}; {status}")
+        lines.append(line)
+    return Group(*lines)
