@@ -350,7 +350,8 @@ class _Scorer:
         out = score(logits, self.labels)
         out.update(agreement(logits, self.ref_logits))
         noise = float(((logits - self.ref_logits) ** 2).sum())
-        out["sqnr_db"] = float(10 * np.log10((self.ref_logits ** 2).sum() / noise)) if noise > 0 else float("inf")
+        # Identical outputs would be +inf dB; cap it so the metrics stay strict JSON (reports parse them).
+        out["sqnr_db"] = min(float(10 * np.log10((self.ref_logits ** 2).sum() / noise)), 300.0) if noise > 0 else 300.0
         return out
 
 
@@ -370,12 +371,14 @@ def _make_scorer(fp32: OnnxModel, examples, limit: int | None) -> tuple[_Scorer,
 
 
 def sensitivity(plan: _Plan, units: dict[str, list[str]], base_exclude: list[str], scorer: _Scorer, fp32: dict,
-                method: str, tmp: Path, on_progress: Callable | None = None) -> list[dict]:
+                method: str, tmp: Path, all_quantized: dict, on_progress: Callable | None = None) -> list[dict]:
     """Per-unit sensitivity rows, most sensitive first.
 
-    method "all_but_one": quantize everything except the unit (what keeping it in fp32 buys);
-    method "alone": quantize only the unit (the error it causes on its own).
-    The rank is by output error (mean KL to fp32 logits: continuous, unlike accuracy on a few hundred examples).
+    method "all_but_one": quantize everything except the unit; `score` = the output KL (to fp32 logits) that keeping
+    the unit fp32 removes, `score_drop` = the accuracy drop it removes;
+    method "alone": quantize only the unit; `score` = its KL, `score_drop` = its accuracy drop.
+    Higher score = more sensitive either way. The rank is by `score` (continuous, unlike accuracy on a few
+    hundred examples); accuracy, drop, mean_kl and sqnr_db are those of the variant measured.
     """
     rows = []
     everything = [n for names in units.values() for n in names]
@@ -387,13 +390,17 @@ def sensitivity(plan: _Plan, units: dict[str, list[str]], base_exclude: list[str
         path = make_variant(plan, tmp / f"sens_{i}.onnx", exclude)
         m = scorer(path)
         path.unlink()
-        rows.append({"unit": unit, "nodes": len(names), "accuracy": m.get("accuracy"),
-                     "drop": _drop(fp32, m), "mean_kl": m["mean_kl"], "sqnr_db": m["sqnr_db"],
-                     "argmax_agreement": m["argmax_agreement"]})
+        row = {"unit": unit, "nodes": len(names), "accuracy": m.get("accuracy"), "drop": _drop(fp32, m),
+               "mean_kl": m["mean_kl"], "sqnr_db": m["sqnr_db"], "argmax_agreement": m["argmax_agreement"]}
+        if method == "all_but_one":
+            row["score"] = all_quantized["mean_kl"] - m["mean_kl"]
+            row["score_drop"] = None if row["drop"] is None else round(_drop(fp32, all_quantized) - row["drop"], 6)
+        else:
+            row["score"], row["score_drop"] = m["mean_kl"], row["drop"]
+        rows.append(row)
         if on_progress:
             on_progress("sensitivity", i + 1, len(units))
-    # all_but_one: low error without the unit = the unit is sensitive; alone: high error = sensitive.
-    rows.sort(key=lambda r: r["mean_kl"], reverse=(method == "alone"))
+    rows.sort(key=lambda r: r["score"], reverse=True)
     for rank, row in enumerate(rows, 1):
         row["rank"] = rank
     return rows
@@ -649,7 +656,7 @@ def _search(cfg, plan, graph, nodes, user_excluded, fp32, eval_examples, tmp, ch
     for name in nodes:
         if name not in user_excluded:
             units.setdefault(unit_of(by_name[name], cfg.granularity), []).append(name)
-    table = sensitivity(plan, units, user_excluded, scorer, fp32_scores, cfg.sensitivity, tmp, progress)
+    table = sensitivity(plan, units, user_excluded, scorer, fp32_scores, cfg.sensitivity, tmp, first, progress)
     max_units = cfg.max_excluded_units if cfg.max_excluded_units is not None else max(1, len(units) // 2)
     steps, best = budget_search(plan, units, table, user_excluded, scorer, fp32_scores, cfg.max_drop, max_units,
                                 tmp, first, progress)
@@ -658,7 +665,7 @@ def _search(cfg, plan, graph, nodes, user_excluded, fp32, eval_examples, tmp, ch
         chosen = Path(pick["path"])
     ranks = {r["unit"]: r for r in table}
     excluded = [{"node": n, "unit": u, "reason": f"sensitivity rank {ranks[u]['rank']} of {len(table)} "
-                 f"(quantized: mean KL {ranks[u]['mean_kl']:.2e}); kept fp32 to meet --max-drop {cfg.max_drop}"}
+                 f"(score {ranks[u]['score']:.2e}); kept fp32 to meet --max-drop {cfg.max_drop}"}
                 for u in pick["excluded_units"] for n in units[u]]
     for s in steps:
         s.pop("path", None)
@@ -666,7 +673,10 @@ def _search(cfg, plan, graph, nodes, user_excluded, fp32, eval_examples, tmp, ch
                     "sqnr_db": pick["sqnr_db"], "mean_kl": pick["mean_kl"], "max_drop": cfg.max_drop,
                     "budget_met": pick["drop"] <= cfg.max_drop, "kept_fp32_units": pick["excluded_units"],
                     "eval_examples": len(scorer.labels), "sensitivity_method": cfg.sensitivity,
-                    "sensitivity": table, "search": steps, "excluded": excluded}
+                    "sensitivity": table, "search": steps, "excluded": excluded,
+                    # {unit: number} series, most sensitive first, for the report's per-layer charts
+                    "sensitivity_per_layer": {r["unit"]: r["score"] for r in table},
+                    "sensitivity_drop_per_layer": {r["unit"]: r["score_drop"] for r in table}}
 
 
 def _first_batch(fp32: OnnxModel, eval_examples) -> dict | None:

@@ -134,12 +134,13 @@ def _render(result, output: Path) -> None:
     table.add_row("time", f"{m['seconds']:.1f} s")
     console.print(table)
     if "sensitivity" in m:
-        sens = Table("rank", "unit", "nodes", "accuracy", "drop pt", "mean KL", "SQNR dB",
+        sens = Table("rank", "unit", "nodes", "score KL", "score pt", "drop pt", "SQNR dB",
                      title=f"sensitivity ({m['sensitivity_method']}: "
-                     + ("everything quantized except the unit" if m["sensitivity_method"] == "all_but_one" else "only the unit quantized") + ")")
+                     + ("everything quantized except the unit; score = error removed by keeping it fp32"
+                        if m["sensitivity_method"] == "all_but_one" else "only the unit quantized; score = its error") + ")")
         for r in m["sensitivity"]:
-            sens.add_row(str(r["rank"]), r["unit"], str(r["nodes"]), f"{r['accuracy']:.4f}", f"{r['drop'] * 100:+.2f}",
-                         f"{r['mean_kl']:.2e}", f"{r['sqnr_db']:.1f}")
+            sens.add_row(str(r["rank"]), r["unit"], str(r["nodes"]), f"{r['score']:.1e}", f"{r['score_drop'] * 100:+.2f}",
+                         f"{r['drop'] * 100:+.2f}", f"{r['sqnr_db']:.1f}")
         console.print(sens)
         search = Table("step", "kept fp32", "accuracy", "drop pt", "SQNR dB", title="budget search")
         for st in m["search"]:
