@@ -12,7 +12,7 @@ def __getattr__(name: str):
         "export_onnx": "compress.export.onnx", "evaluate": "compress.evaluation.accuracy",
         "bench": "compress.evaluation.latency", "BenchSpec": "compress.evaluation.latency",
         "list_passes": "compress.passes.base", "get_pass": "compress.passes.base",
-        "CompressError": "compress.errors",
+        "CompressError": "compress.errors", "load_recipe": "compress.recipe", "run_recipe": "compress.pipeline",
     }
     if name in api:
         import importlib

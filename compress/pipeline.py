@@ -339,3 +339,6 @@ def check_data(recipe: Recipe) -> None:
         if (spec.source.startswith((".", "/", "~")) or path.suffix) and not path.exists():
             raise CompressError(f"data.{split}: '{spec.source}' not found",
                                 "paths are relative to the folder you run from (the repository root)")
+
+
+run_recipe = run  # the public name (`compress.run_recipe`)

@@ -59,7 +59,7 @@ def report_html(results: dict, plots: list[tuple[str, str, bytes]]) -> str:
     data = ev.get("data") or {}
     parts.append(f'<p class="small">Accuracy on <code>{html.escape(str(data.get("source")))}</code> split '
                  f'<code>{html.escape(str(data.get("split")))}</code> ({ev.get("examples", "?")} examples). '
-                 f"p50 and speedup at {html.escape(render._shape(results))}, {env.get('threads', '?')} threads. "
+                 f"p50 and speedup at {html.escape(render._shape(results))}, {render._threads(env)}. "
                  "Δ pt versus the teacher; ★ = best stage.</p>")
     parts.append("<h2>Stages</h2>")
     best_rows = {i for i, s in enumerate(results["stages"]) if s["name"] == best}
@@ -102,7 +102,7 @@ def report_html(results: dict, plots: list[tuple[str, str, bytes]]) -> str:
                      "</code></span></p>")
     versions = ", ".join(f"{k} {v}" for k, v in (env.get("versions") or {}).items())
     parts.append(f"<h2>Environment</h2><p class=small>{html.escape(str(env.get('cpu', '?')))} (flags: "
-                 f"{html.escape(', '.join(env.get('cpu_flags') or []) or '-')}), {env.get('threads', '?')} threads, "
+                 f"{html.escape(', '.join(env.get('cpu_flags') or []) or '-')}), {render._threads(env)}, "
                  f"Python {html.escape(str(env.get('python', '?')))}; {html.escape(versions)}. Created "
                  f"{html.escape(str(results.get('created', '?')))}.</p>")
     title = html.escape(f"compress report: {results['recipe']}")

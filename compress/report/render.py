@@ -15,6 +15,11 @@ def _num(x, fmt="{:.2f}") -> str:
     return "-" if x is None else fmt.format(x)
 
 
+def _threads(env: dict) -> str:
+    n = env.get("threads", "?")
+    return f"{n} thread" + ("" if n == 1 else "s")
+
+
 def _size(mb) -> str:
     if mb is None:
         return "-"
@@ -111,7 +116,7 @@ def markdown(results: dict, plot_files: list[tuple[str, str]] | None = None) -> 
     data = ev.get("data") or {}
     out += [f"Accuracy on `{data.get('source')}` split `{data.get('split')}` ({ev.get('examples', '?')} examples); "
             f"agreement = argmax agreement with the teacher; p50 and speedup at {_shape(results)} "
-            f"({env.get('threads', '?')} threads); Δ pt versus the teacher. ★ = best stage.", ""]
+            f"({_threads(env)}); Δ pt versus the teacher. ★ = best stage.", ""]
     out += ["## Stages", "", _md_table(STAGE_COLUMNS, stage_rows(results)), ""]
     goals = results.get("goals")
     if goals and (goals.get("max_accuracy_drop") is not None or goals.get("min_speedup") is not None):
@@ -155,7 +160,7 @@ def markdown(results: dict, plot_files: list[tuple[str, str]] | None = None) -> 
         out += bits
     versions = ", ".join(f"{k} {v}" for k, v in (env.get("versions") or {}).items())
     out += ["## Environment", "", f"{env.get('cpu', '?')} (flags: {', '.join(env.get('cpu_flags') or []) or '-'}), "
-            f"{env.get('threads', '?')} threads, Python {env.get('python', '?')}; {versions}. "
+            f"{_threads(env)}, Python {env.get('python', '?')}; {versions}. "
             f"Created {results.get('created', '?')} from recipe `{results['recipe']}`; stage cache `{results.get('run_dir')}`.",
             ""]
     spec = results.get("latency_spec")
