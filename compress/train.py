@@ -123,6 +123,15 @@ def make_batch(model: TorchModel, examples, index: np.ndarray, max_length: int) 
 # --- the loop -----------------------------------------------------------------------------------------------
 
 
+def process_state():
+    """This process's place in the job (rank, world size). On a machine without CUDA it must be created with
+    `cpu=True`, else Accelerate ignores a multi-process CPU launch (torchrun / `accelerate launch`)."""
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
 def make_accelerator(mixed_precision: str = "auto"):
     """An `Accelerator` for this process: mixed precision only on a GPU, whatever was asked on CPU."""
     import torch
@@ -361,29 +370,42 @@ def _json_default(value: Any):
 
 
 class RichProgress:
-    """A rich progress bar for `fit` events: step / total, loss, examples per second, eval accuracy."""
+    """A rich progress bar for `fit` events: step / total, loss, examples per second, eval accuracy.
+
+    When the output is not a terminal (a log file), prints one line every ~5% of the steps instead."""
 
     def __init__(self, description: str = "training"):
         self.description = description
         self.progress = None
         self.task = None
+        self.console = None
+        self.every = 1
 
     def __call__(self, event: dict) -> None:
+        from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
         kind = event["event"]
         if kind == "start":
-            self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                     TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                                     transient=False)
-            self.progress.start()
-            self.task = self.progress.add_task(self.description, total=event["total_steps"],
-                                               completed=event["step"], info="")
-        elif kind == "step" and self.progress:
-            self.progress.update(self.task, completed=event["step"],
-                                 info=f"loss {event['loss']:.4f}  {event['examples_per_s']:.0f} ex/s")
-        elif kind == "eval" and self.progress and "accuracy" in event:
-            self.progress.console.print(f"epoch {event['epoch']}: eval accuracy {event['accuracy']:.4f}")
+            self.console = Console()
+            self.every = max(1, event["total_steps"] // 20)
+            if event.get("resumed_from_step"):
+                self.console.print(f"resumed from step {event['resumed_from_step']}")
+            if self.console.is_terminal:
+                self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                         TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                                         console=self.console)
+                self.progress.start()
+                self.task = self.progress.add_task(self.description, total=event["total_steps"],
+                                                   completed=event["step"], info="")
+        elif kind == "step":
+            info = f"loss {event['loss']:.4f}  {event['examples_per_s']:.0f} ex/s"
+            if self.progress:
+                self.progress.update(self.task, completed=event["step"], info=info)
+            elif self.console and (event["step"] % self.every == 0 or event["step"] == event["total_steps"]):
+                self.console.print(f"{self.description} step {event['step']}/{event['total_steps']}  {info}")
+        elif kind == "eval" and self.console and "accuracy" in event:
+            self.console.print(f"epoch {event['epoch']}: eval accuracy {event['accuracy']:.4f}")
         elif kind == "end" and self.progress:
             self.progress.stop()
             self.progress = None

@@ -156,11 +156,9 @@ def _torch_only(loaded, name):
 
 def _finish(model, output: Path, metrics: dict) -> None:
     """Save on the main process only (the others trained the same weights), then render."""
-    from accelerate import PartialState
+    from compress.train import process_state, save_trained
 
-    from compress.train import save_trained
-
-    if PartialState().is_main_process:
+    if process_state().is_main_process:
         save_trained(model, output, metrics)
         with contextlib.suppress(OSError):
             _workdir(output).rmdir()  # only when the run left nothing in it

@@ -186,14 +186,13 @@ def data_fingerprint(examples, max_length: int) -> str:
 
 def teacher_logits(teacher: TorchModel, examples, max_length: int, cache_dir: Path, batch_size: int = 64) -> np.ndarray:
     """(N, C) float32 teacher logits of `examples`, computed once and kept in `cache_dir` (keyed by hashes)."""
-    from accelerate import PartialState
-
     from compress.data import iter_batches
     from compress.inference import predict
+    from compress.train import process_state
 
     key = f"{fingerprint(teacher)[:16]}-{data_fingerprint(examples, max_length)[:16]}"
     path = Path(cache_dir) / f"teacher-logits-{key}.npy"
-    with PartialState().main_process_first():  # the first process computes, the others read its file
+    with process_state().main_process_first():  # the first process computes, the others read its file
         if path.exists():
             log.info("teacher logits from cache %s", path)
             return np.load(path)
