@@ -414,7 +414,8 @@ def _drop(fp32: dict, m: dict) -> float | None:
 
 def budget_search(plan: _Plan, units: dict[str, list[str]], ranking: list[dict], base_exclude: list[str],
                   scorer: _Scorer, fp32: dict, max_drop: float, max_units: int, tmp: Path,
-                  first: dict, on_progress: Callable | None = None) -> tuple[list[dict], int]:
+                  first: dict, on_progress: Callable | None = None,
+                  on_better: Callable[[Path, int], None] | None = None) -> tuple[list[dict], int]:
     """Keep the most sensitive units in fp32, one more per step, until the accuracy drop is within `max_drop`.
 
     Returns the steps (step 0 = nothing excluded beyond the user's list) and the index of the best step:
@@ -430,6 +431,8 @@ def budget_search(plan: _Plan, units: dict[str, list[str]], ranking: list[dict],
         path = make_variant(plan, tmp / f"budget_{k}.onnx", nodes)
         steps.append({"step": k, "kept_fp32": row["unit"], "excluded_units": list(excluded),
                       "path": str(path), **_short(fp32, scorer(path))})
+        if on_better and steps[-1]["drop"] < min(s["drop"] for s in steps[:-1]):
+            on_better(path, k)
         if on_progress:
             on_progress("budget", k, min(max_units, len(ranking)))
     within = [i for i, s in enumerate(steps) if s["drop"] <= max_drop]
@@ -506,9 +509,10 @@ def quantize(model: TorchModel | OnnxModel, out_dir: str | Path, cfg: QuantizeOr
     progress = on_progress or (lambda *a: None)
     with tempfile.TemporaryDirectory(dir=work_dir) as tmp_name:
         tmp = Path(tmp_name)
-        progress("export", 0, 1)
+        progress("prepare", 0, 1)
         fp32 = _as_onnx(model, tmp / "fp32", eval_examples)
         plan, fused = _plan(cfg, fp32, tmp, calibration)
+        progress("prepare", 1, 1)
         proto = load_graph(plan.src)
         graph = proto.graph
         nodes = quantizable_nodes(proto, plan.op_types) if cfg.mode != "fp16" else [n.name for n in graph.node]
@@ -519,10 +523,21 @@ def quantize(model: TorchModel | OnnxModel, out_dir: str | Path, cfg: QuantizeOr
                     for n in user_excluded]
         progress("quantize", 0, 1)
         chosen = make_variant(plan, tmp / "candidate.onnx", user_excluded)
+        progress("quantize", 1, 1)
         metrics: dict = {}
         warnings: list[str] = []
         if cfg.max_drop is not None:
-            chosen, search = _search(cfg, plan, graph, nodes, user_excluded, fp32, eval_examples, tmp, chosen, progress)
+            def interim(path: Path, step: int) -> None:
+                # The best model so far is always on disk: an interrupted search still leaves a usable result.
+                staged = _stage(path, fp32, cfg, tmp / f"interim_{step}")
+                _write_json(staged / SETTINGS_FILE, {"format": SETTINGS_FORMAT, "partial": True, "search_step": step,
+                                                     "config": cfg.model_dump(mode="json")})
+                _publish(staged, out_dir, fp32)
+                shutil.rmtree(staged)
+
+            interim(chosen, 0)
+            chosen, search = _search(cfg, plan, graph, nodes, user_excluded, fp32, eval_examples, tmp, chosen,
+                                     progress, interim)
             excluded += search.pop("excluded")
             metrics.update(search)
             if not metrics["budget_met"]:
@@ -548,6 +563,7 @@ def quantize(model: TorchModel | OnnxModel, out_dir: str | Path, cfg: QuantizeOr
             "seconds": round(time.perf_counter() - started, 2),
         })
         settings = _settings(cfg, plan, fused, excluded, metrics, counts)
+        settings["warnings"] = warnings
         _write_json(staged / SETTINGS_FILE, settings)
         final = _publish(staged, out_dir, fp32)
         metrics["settings"] = settings["resolved"]
@@ -647,7 +663,7 @@ def _preprocess(src: Path, out: Path) -> Path:
         return src
 
 
-def _search(cfg, plan, graph, nodes, user_excluded, fp32, eval_examples, tmp, chosen, progress):
+def _search(cfg, plan, graph, nodes, user_excluded, fp32, eval_examples, tmp, chosen, progress, on_better):
     """Sensitivity table + budget search; returns the chosen graph and the metrics/exclusions it implies."""
     scorer, fp32_scores = _make_scorer(fp32, eval_examples, cfg.eval_samples)
     first = scorer(chosen)
@@ -659,7 +675,7 @@ def _search(cfg, plan, graph, nodes, user_excluded, fp32, eval_examples, tmp, ch
     table = sensitivity(plan, units, user_excluded, scorer, fp32_scores, cfg.sensitivity, tmp, first, progress)
     max_units = cfg.max_excluded_units if cfg.max_excluded_units is not None else max(1, len(units) // 2)
     steps, best = budget_search(plan, units, table, user_excluded, scorer, fp32_scores, cfg.max_drop, max_units,
-                                tmp, first, progress)
+                                tmp, first, progress, on_better)
     pick = steps[best]
     if best > 0:
         chosen = Path(pick["path"])

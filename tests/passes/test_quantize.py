@@ -152,8 +152,11 @@ def test_budget_search_keeps_sensitive_units_until_within_budget(tmp_path, monke
     ranking = [{"unit": u} for u in ("a", "b", "c")]
     first = {"accuracy": 0.77, "mean_kl": 0.0, "sqnr_db": 0.0}
     # execute: a budget of 0.8 pt needs a, then b kept in fp32 (drop 3 -> 1 -> 0.5 pt)
-    steps, best = q.budget_search(None, units, ranking, [], scorer, {"accuracy": 0.80}, 0.008, 3, tmp_path, first)
+    improved = []
+    steps, best = q.budget_search(None, units, ranking, [], scorer, {"accuracy": 0.80}, 0.008, 3, tmp_path, first,
+                                  on_better=lambda path, step: improved.append(step))
     assert best == 2 and steps[best]["excluded_units"] == ["a", "b"]
+    assert improved == [1, 2]  # each better model is published as it is found
     # a budget that cannot be met keeps the smallest drop
     steps, best = q.budget_search(None, units, ranking, [], scorer, {"accuracy": 0.80}, 0.0, 2, tmp_path, first)
     assert steps[best]["drop"] == pytest.approx(0.005) and steps[best]["drop"] > 0.0
