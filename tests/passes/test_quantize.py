@@ -37,7 +37,8 @@ def _sqnr_db(model, reference, examples) -> float:
     batches = list(iter_batches(reference, examples, 8))
     ref, _ = predict(reference, batches)
     out, _ = predict(model, batches)
-    return float(10 * np.log10((ref ** 2).sum() / ((out - ref) ** 2).sum()))
+    noise = ((out - ref) ** 2).sum()
+    return float(10 * np.log10((ref ** 2).sum() / noise)) if noise > 0 else float("inf")
 
 
 def _cfg(**kw):
@@ -217,3 +218,13 @@ def test_image_model_quantizes_linear_layers(tmp_path, digits_examples):
     result = quantize(fp32, tmp_path / "q", _cfg())
     assert result.metrics["quantized_matmuls"] >= 2
     assert _sqnr_db(result.model, fp32, digits_examples) >= 20.0
+
+
+def test_ort_format_written_and_runs(fp32_bert, examples, tmp_path):
+    from compress.artifacts import OnnxModel
+    from compress.quantization import quantize
+
+    result = quantize(fp32_bert, tmp_path / "q", _cfg(ort_format=True))
+    ort_model = OnnxModel(tmp_path / "q" / "model.ort", "text-classification", result.model.tokenizer,
+                          result.model.input_names)
+    assert _sqnr_db(ort_model, result.model, examples) >= 60.0  # same graph, another file format
