@@ -36,7 +36,7 @@ class QuantizeOrtConfig(PassConfig):
         None, ge=0, lt=1, description="Accuracy budget vs fp32 on the eval data (0.01 = 1 pt): keep the most "
         "sensitive layers in fp32 until met. Needs labelled eval data.")
     sensitivity: Literal["all_but_one", "alone"] = Field(
-        "all_but_one", description="Sensitivity: quantize all but one unit, or one unit alone; ranked by output KL.")
+        "all_but_one", description="Sensitivity: quantize all but one unit, or one unit alone; ranked by the output KL it accounts for.")
     granularity: Literal["layer", "node"] = Field("layer", description="Sensitivity unit: transformer layer or node.")
     max_excluded_units: int | None = Field(None, ge=1, description="At most this many units kept fp32 (None = half).")
     eval_samples: int | None = Field(None, ge=1, description="Eval examples used by the budget search (None = all).")
