@@ -261,7 +261,6 @@ def _param_groups(objective, weight_decay: float) -> list[dict]:
 
 def _evaluate_epoch(accelerator, model, examples, cfg, epoch, workdir, state, callback) -> bool:
     """Score the model after an epoch, keep the best weights on disk; True when early stopping triggers."""
-    import torch
 
     from compress.data import iter_batches
     from compress.evaluation.accuracy import score
@@ -383,7 +382,14 @@ class RichProgress:
 
     def __call__(self, event: dict) -> None:
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         kind = event["event"]
         if kind == "start":

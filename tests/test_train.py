@@ -56,8 +56,8 @@ def test_batch_plan_covers_each_example_once_and_is_seeded(text_examples):
     # assert
     assert sorted(np.concatenate(plan).tolist()) == list(range(len(text_examples)))
     assert [len(b) for b in sorted(plan, key=len)] == [2, 5, 5]
-    assert all((a == b).all() for a, b in zip(plan, batch_plan(text_examples, 5, seed=3, epoch=0)))
-    assert any((a != b).any() for a, b in zip(plan, batch_plan(text_examples, 5, seed=3, epoch=1)) if len(a) == len(b))
+    assert all((a == b).all() for a, b in zip(plan, batch_plan(text_examples, 5, seed=3, epoch=0), strict=False))
+    assert any((a != b).any() for a, b in zip(plan, batch_plan(text_examples, 5, seed=3, epoch=1), strict=False) if len(a) == len(b))
 
 
 def test_warmup_then_linear_decay(tmp_path, digits):
@@ -71,7 +71,7 @@ def test_warmup_then_linear_decay(tmp_path, digits):
     # assert: lr after each step rises for the 2 warm-up steps, peaks at 1e-3, then falls linearly to 0
     lrs = [e["lr"] for e in events if e["event"] == "step"]
     assert lrs[0] < lrs[1] == pytest.approx(1e-3)
-    assert all(a > b for a, b in zip(lrs[1:], lrs[2:]))
+    assert all(a > b for a, b in zip(lrs[1:], lrs[2:], strict=False))
     assert lrs[-1] == pytest.approx(0.0) and lrs[3] == pytest.approx(1e-3 * 4 / 6)
 
 

@@ -6,19 +6,34 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from compress.cli.app import (AllowPickleOpt, ArchOpt, DataOpt, LabelFieldOpt, LimitOpt, ModelArg, NumLabelsOpt, OutOpt,
-                              TaskOpt, TextFieldOpt, TextPairFieldOpt, TrustRemoteCodeOpt, app, console, data_spec,
-                              load_model_from_options)
+from compress.cli.app import (
+    AllowPickleOpt,
+    ArchOpt,
+    DataOpt,
+    LabelFieldOpt,
+    LimitOpt,
+    ModelArg,
+    NumLabelsOpt,
+    OutOpt,
+    TaskOpt,
+    TextFieldOpt,
+    TextPairFieldOpt,
+    TrustRemoteCodeOpt,
+    app,
+    console,
+    data_spec,
+    load_model_from_options,
+)
 
 TrainSplitOpt = Annotated[str, typer.Option("--split", help="Training split.")]
-EvalSplitOpt = Annotated[Optional[str], typer.Option(help="Split scored after each epoch (best epoch kept), e.g. dev.")]
-EvalLimitOpt = Annotated[Optional[int], typer.Option(min=1, help="Use at most this many evaluation examples.")]
+EvalSplitOpt = Annotated[str | None, typer.Option(help="Split scored after each epoch (best epoch kept), e.g. dev.")]
+EvalLimitOpt = Annotated[int | None, typer.Option(min=1, help="Use at most this many evaluation examples.")]
 EpochsOpt = Annotated[float, typer.Option(min=0.0, help="Passes over the training data.")]
-MaxStepsOpt = Annotated[Optional[int], typer.Option(min=1, help="Total optimizer steps (overrides --epochs).")]
+MaxStepsOpt = Annotated[int | None, typer.Option(min=1, help="Total optimizer steps (overrides --epochs).")]
 BatchOpt = Annotated[int, typer.Option(min=1, help="Examples per step (per process).")]
 LrOpt = Annotated[float, typer.Option(min=0.0, help="Peak AdamW learning rate.")]
 WdOpt = Annotated[float, typer.Option(min=0.0, help="AdamW weight decay.")]
@@ -26,8 +41,8 @@ WarmupOpt = Annotated[float, typer.Option(min=0.0, max=0.99, help="Fraction of s
 ClipOpt = Annotated[float, typer.Option(min=0.0, help="Gradient-norm clip (0 = off).")]
 MaxLenOpt = Annotated[int, typer.Option(min=2, help="Token truncation length.")]
 SeedOpt = Annotated[int, typer.Option(help="Seed: same seed, same run.")]
-PatienceOpt = Annotated[Optional[int], typer.Option(min=1, help="Stop after N epochs without a better eval accuracy.")]
-CkptOpt = Annotated[Optional[int], typer.Option(min=1, help="Save a resumable checkpoint every N steps.")]
+PatienceOpt = Annotated[int | None, typer.Option(min=1, help="Stop after N epochs without a better eval accuracy.")]
+CkptOpt = Annotated[int | None, typer.Option(min=1, help="Save a resumable checkpoint every N steps.")]
 ResumeOpt = Annotated[bool, typer.Option(help="Continue an interrupted run from its last checkpoint.")]
 PrecisionOpt = Annotated[str, typer.Option(help="auto, no, fp16 or bf16 (GPU only; CPU always trains in fp32).")]
 ProgressOpt = Annotated[bool, typer.Option(help="Show the progress bar.")]
@@ -100,16 +115,16 @@ def finetune(
 @app.command()
 def distill(
     teacher: Annotated[str, typer.Argument(help="Teacher model (path, hub id, 'minilm').")],
-    student: Annotated[Optional[str], typer.Argument(help="Student model path / hub id, or an integer K: the teacher cut to K layers.")] = None,
+    student: Annotated[str | None, typer.Argument(help="Student model path / hub id, or an integer K: the teacher cut to K layers.")] = None,
     output: OutOpt = Path("student"),
-    student_layers: Annotated[Optional[int], typer.Option(min=1, help="Derive the student: embeddings + K evenly spaced teacher layers (last kept).")] = None,
+    student_layers: Annotated[int | None, typer.Option(min=1, help="Derive the student: embeddings + K evenly spaced teacher layers (last kept).")] = None,
     temperature: Annotated[float, typer.Option(min=0.01, help="Softmax temperature T of the KL term (scaled by T²).")] = 2.0,
-    alpha: Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="Weight of the KL term; 1-α goes to cross-entropy (default 0.5, 1 without labels).")] = None,
+    alpha: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="Weight of the KL term; 1-α goes to cross-entropy (default 0.5, 1 without labels).")] = None,
     hidden_weight: Annotated[float, typer.Option(min=0.0, help="Weight of the hidden-state MSE (0 = off).")] = 0.0,
     attention_weight: Annotated[float, typer.Option(min=0.0, help="Weight of the attention-map MSE (0 = off).")] = 0.0,
-    layer_map: Annotated[Optional[str], typer.Option(help="Teacher layer (0-based) per student layer, e.g. '1,3,5'.")] = None,
+    layer_map: Annotated[str | None, typer.Option(help="Teacher layer (0-based) per student layer, e.g. '1,3,5'.")] = None,
     projection: Annotated[bool, typer.Option(help="Learn a linear projection when hidden widths differ.")] = True,
-    cache_dir: Annotated[Optional[Path], typer.Option(help="Where teacher logits are cached (default ~/.cache/compress).")] = None,
+    cache_dir: Annotated[Path | None, typer.Option(help="Where teacher logits are cached (default $COMPRESS_CACHE or ~/.cache/compress).")] = None,
     data: DataOpt = None, split: TrainSplitOpt = "train", eval_split: EvalSplitOpt = None,
     text_field: TextFieldOpt = "text", text_pair_field: TextPairFieldOpt = None, label_field: LabelFieldOpt = "label",
     limit: LimitOpt = None, eval_limit: EvalLimitOpt = None,
@@ -136,8 +151,15 @@ def distill(
         checkpoint_every=checkpoint_every, resume=resume, mixed_precision=mixed_precision))
     s = prepare_student(t, s, cfg)
     metrics = run_distillation(s, t, train, cfg, _workdir(output), eval_examples=evals, progress=progress,
-                               cache_dir=cache_dir)
+                               cache_dir=cache_dir or _default_cache())
     _finish(s, output, {"command": "distill", "teacher": teacher, "student": student, "config": cfg.model_dump(), **metrics})
+
+
+def _default_cache() -> Path:
+    """Teacher logits are kept across runs in $COMPRESS_CACHE (default ~/.cache/compress)."""
+    import os
+
+    return Path(os.environ.get("COMPRESS_CACHE", "~/.cache/compress")).expanduser() / "teacher-logits"
 
 
 def _default_task(model: str) -> str | None:

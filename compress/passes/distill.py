@@ -272,6 +272,7 @@ def run_distillation(student: TorchModel, teacher: TorchModel, train, cfg: Disti
     check_compatible(student, teacher, train, cfg)
     teacher.module.eval()  # its forward passes run under no_grad and its weights are not optimised
     cached = teacher_logits(teacher, train, cfg.max_length, Path(cache_dir or Path(workdir) / "cache"))
+    student.module.eval()  # a probe, not a training step (hooks that count training forwards ignore it)
     with torch.no_grad():
         probe = student.logits(make_batch(student, train, np.arange(min(2, len(train))), cfg.max_length))
     if probe.shape[-1] != cached.shape[-1]:

@@ -10,8 +10,16 @@ import pytest
 import torch
 
 from compress.errors import CompressError
-from compress.passes.distill import (DistillConfig, attention_loss, derive_student, distillation_loss,
-                                     hidden_state_loss, run_distillation, select_layers, teacher_logits)
+from compress.passes.distill import (
+    DistillConfig,
+    attention_loss,
+    derive_student,
+    distillation_loss,
+    hidden_state_loss,
+    run_distillation,
+    select_layers,
+    teacher_logits,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -33,7 +41,7 @@ def test_loss_equals_hand_computation():
     s, t, y, temp, alpha = [1.0, 2.0, 0.0], [2.0, 0.0, 1.0], 1, 2.0, 0.3
     p_t = _softmax([v / temp for v in t])
     p_s = _softmax([v / temp for v in s])
-    kl = sum(pt * (math.log(pt) - math.log(ps)) for pt, ps in zip(p_t, p_s))
+    kl = sum(pt * (math.log(pt) - math.log(ps)) for pt, ps in zip(p_t, p_s, strict=False))
     ce = -math.log(_softmax(s)[y])
     expected = alpha * temp**2 * kl + (1 - alpha) * ce
 
