@@ -309,10 +309,13 @@ def run(recipe: Recipe, *, runs_dir: str | Path = "runs", fresh: bool = False, o
                         "cached": step.name in runner.reused, "evaluated": step.evaluate,
                         "config": record["config"], "pass_metrics": record["metrics"]})
     primary = recipe.eval.primary_shape()
+    environment_info = dict(timing["environment"] or environment(threads))
+    environment_info["env"] = {k: os.environ[k] for k in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+                               if k in os.environ}
     return {
         "schema": SCHEMA_VERSION, "recipe": recipe.name, "description": recipe.description,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "environment": timing["environment"] or environment(threads),
+        "environment": environment_info,
         "eval": {"data": recipe.data.spec("eval").model_dump(), "examples": len(runner.examples("eval")),
                  "batch_size": recipe.eval.batch_size, "max_length": recipe.eval.max_length},
         "latency_spec": timing.get("spec"), "primary": primary.model_dump() if primary else None,

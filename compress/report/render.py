@@ -159,8 +159,9 @@ def markdown(results: dict, plot_files: list[tuple[str, str]] | None = None) -> 
                  f"zipped {_num(s.get('zipped_mb'), '{:.1f}')} MB. Path: `{s.get('path')}`", ""]
         out += bits
     versions = ", ".join(f"{k} {v}" for k, v in (env.get("versions") or {}).items())
+    variables = "".join(f", {k}={v}" for k, v in (env.get("env") or {}).items())
     out += ["## Environment", "", f"{env.get('cpu', '?')} (flags: {', '.join(env.get('cpu_flags') or []) or '-'}), "
-            f"{_threads(env)}, Python {env.get('python', '?')}; {versions}. "
+            f"{_threads(env)}{variables}, Python {env.get('python', '?')}; {versions}. "
             f"Created {results.get('created', '?')} from recipe `{results['recipe']}`; stage cache `{results.get('run_dir')}`.",
             ""]
     spec = results.get("latency_spec")
