@@ -225,3 +225,15 @@ def test_two_cpu_processes_train_in_lockstep(tmp_path):
     assert np.allclose(ranks[0]["weights"], ranks[1]["weights"], atol=1e-6)
     assert len(list((tmp_path / "work" / "cache").glob("teacher-logits-*.npy"))) == 1
     assert Path(tmp_path / "work").exists()
+
+
+@pytest.mark.gpu
+def test_mixed_precision_on_gpu(tmp_path, tiny_bert, text_examples):
+    # execute: "auto" picks bf16 (or fp16) on a GPU; the model comes back on the CPU in fp32
+    metrics = run_finetune(tiny_bert, text_examples, FinetuneConfig(max_steps=2, batch_size=4), tmp_path, progress=False)
+
+    # assert
+    assert metrics["mixed_precision"] in ("bf16", "fp16")
+    assert all(np.isfinite(loss) for _, loss in metrics["train_loss"])
+    assert next(tiny_bert.module.parameters()).device.type == "cpu"
+    assert next(tiny_bert.module.parameters()).dtype == torch.float32
