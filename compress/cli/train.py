@@ -1,6 +1,15 @@
 """`compress finetune` and `compress distill`: the training commands (one shared Accelerate loop).
 
-Both run unchanged under `accelerate launch -m compress ...` on several processes or GPUs."""
+Both run unchanged on several processes or GPUs: `accelerate launch --multi_gpu -m compress distill ...`
+(GPUs) or `torchrun --nproc_per_node N -m compress distill ...` (CPU processes).
+
+Flagship (MiniLM-L6 on SST-2; teacher 88.5% test, ~14 min on 2 busy cores):
+    compress finetune minilm --num-labels 2 --data ../shared/data/sst2 --split train --eval-split dev \
+        --lr 5e-5 --batch-size 32 --warmup-ratio 0.06 --epochs 3 --max-length 64 -o runs/teacher-sst2
+    compress distill runs/teacher-sst2 3 --data ../shared/data/sst2 --split train --eval-split dev \
+        --alpha 0.5 --temperature 2 --lr 1e-4 --epochs 3 --max-length 64 -o runs/student-3l-sst2
+    compress eval runs/student-3l-sst2 --data ../shared/data/sst2 --split test
+"""
 
 from __future__ import annotations
 
