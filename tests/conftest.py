@@ -40,8 +40,9 @@ def tiny_cnn():
 @pytest.fixture
 def text_examples():
     """Twelve short labelled sentences (real text, tiny)."""
-    from compress.data import Examples
     import numpy as np
+
+    from compress.data import Examples
 
     texts = ["good movie", "bad plot", "great acting", "awful script", "loved it", "hated it",
              "a fine film", "a dull mess", "wonderful", "terrible", "nice", "boring"]
