@@ -10,6 +10,14 @@ from compress.passes import (  # noqa: F401  (each import registers its pass)
     quantize,
     quantize_torch,
 )
-from compress.passes.base import PASSES, PassConfig, PassContext, PassResult, get_pass, list_passes, register_pass
+from compress.passes.base import (
+    PASSES,
+    PassConfig,
+    PassContext,
+    PassResult,
+    get_pass,
+    list_passes,
+    register_pass,
+)
 
 __all__ = ["PASSES", "PassConfig", "PassContext", "PassResult", "get_pass", "list_passes", "register_pass"]
