@@ -118,6 +118,20 @@ class OnnxModel:
 Artifact = TorchModel | OnnxModel
 
 
+def publish_dir(staging: Path, out_dir: Path) -> Path:
+    """Copy a finished `staging` folder to `out_dir` atomically: a sibling temp folder, then one rename."""
+    import shutil
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    final_tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(final_tmp, ignore_errors=True)
+    shutil.copytree(staging, final_tmp)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    final_tmp.rename(out_dir)
+    return out_dir
+
+
 def mean_pool(hidden, attention_mask):
     """Mean of token vectors over real tokens: (B, T, H), (B, T) -> (B, H)."""
     mask = attention_mask.unsqueeze(-1).to(hidden.dtype)

@@ -732,13 +732,9 @@ def _stage(chosen: Path, fp32: OnnxModel, cfg, staging: Path) -> Path:
 
 def _publish(staging: Path, out_dir: Path, fp32: OnnxModel) -> OnnxModel:
     """Move the staged folder to `out_dir` atomically (copy to a sibling temp folder, then rename)."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    final_tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(final_tmp, ignore_errors=True)
-    shutil.copytree(staging, final_tmp)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    final_tmp.rename(out_dir)
+    from compress.artifacts import publish_dir
+
+    publish_dir(staging, out_dir)
     return OnnxModel(out_dir / "model.onnx", fp32.task, fp32.tokenizer, fp32.input_names, fp32.source)
 
 

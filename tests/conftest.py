@@ -57,6 +57,17 @@ def digits_examples():
 
 
 @pytest.fixture
+def one_thread():
+    """Tiny models train ~10x faster on one thread than on two busy cores (no OpenMP barrier spinning)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def cli():
     """Invoke the real CLI in-process: cli(["export", ...]) -> click Result."""
     from typer.testing import CliRunner

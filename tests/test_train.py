@@ -18,14 +18,7 @@ import torch
 from compress.passes.finetune import FinetuneConfig, run_finetune
 from compress.train import CHECKPOINT_FILE, batch_plan, save_trained
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models train ~10x faster on one thread than on two busy cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

@@ -129,10 +129,9 @@ class TorchQuantizeResult:
 
 def quantize_torch_model(model, out_dir: str | Path, cfg: QuantizeTorchConfig) -> TorchQuantizeResult:
     """CLI entry: quantize a TorchModel and save it (safetensors + surgery manifest) into `out_dir`."""
-    import shutil
     import tempfile
 
-    from compress.artifacts import TorchModel
+    from compress.artifacts import TorchModel, publish_dir
     from compress.passes.base import DataBundle
 
     if not isinstance(model, TorchModel):
@@ -142,10 +141,5 @@ def quantize_torch_model(model, out_dir: str | Path, cfg: QuantizeTorchConfig) -
         result = quantize_torch(model, cfg, PassContext(None, DataBundle(), Path(tmp)))
         staging = Path(tmp) / "out"
         result.model.save(staging)
-        final_tmp = out_dir.with_name(out_dir.name + ".tmp")
-        shutil.rmtree(final_tmp, ignore_errors=True)
-        shutil.copytree(staging, final_tmp)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        final_tmp.rename(out_dir)
+        publish_dir(staging, out_dir)
     return TorchQuantizeResult(result.model, result.metrics)

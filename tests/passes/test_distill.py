@@ -21,14 +21,7 @@ from compress.passes.distill import (
     teacher_logits,
 )
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models train ~10x faster on one thread than on two busy cores (no OpenMP barrier spinning)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _softmax(x):

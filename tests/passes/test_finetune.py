@@ -8,13 +8,7 @@ import torch
 from compress.errors import CompressError
 from compress.passes.finetune import FinetuneConfig, run_finetune
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_finetune_learns_digits(tmp_path):
