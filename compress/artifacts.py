@@ -75,8 +75,6 @@ class TorchModel:
 
     def save(self, out_dir: str | Path) -> Path:
         """Write weights (safetensors), config, tokenizer and manifest into `out_dir`; returns `out_dir`."""
-        from compress.models import save_torch_model
-
         return save_torch_model(self, Path(out_dir))
 
 
@@ -116,6 +114,27 @@ class OnnxModel:
 
 
 Artifact = TorchModel | OnnxModel
+
+
+def save_torch_model(model: TorchModel, out_dir: Path) -> Path:
+    """Save without pickle: safetensors weights, HF config/tokenizer or builder manifest, and surgery list."""
+    from safetensors.torch import save_file
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest = {"format": 1, "task": model.task, "builder": model.builder,
+                "builder_kwargs": model.builder_kwargs, "surgery": model.surgery}
+    if model.is_hf:
+        # `architectures` lets transformers' Auto classes (and our task inference) pick the right head.
+        model.module.config.architectures = [type(model.module).__name__]
+        model.module.config.save_pretrained(out_dir)
+        if model.tokenizer is not None:
+            model.tokenizer.save_pretrained(out_dir)
+        manifest["hf_class"] = type(model.module).__name__
+    # safetensors refuses tensors that share memory (tied embeddings); clone makes each one its own.
+    state = {k: v.detach().contiguous().clone() for k, v in model.module.state_dict().items()}
+    save_file(state, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
+    (out_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+    return out_dir
 
 
 def publish_dir(staging: Path, out_dir: Path) -> Path:

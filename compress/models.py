@@ -17,11 +17,12 @@ from __future__ import annotations
 import json
 import logging
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
 
-from compress.artifacts import MANIFEST_FILE, OnnxModel, TorchModel
+from compress.artifacts import MANIFEST_FILE, OnnxModel, TorchModel, save_torch_model  # noqa: F401
 from compress.errors import CompressError
+from compress.registry import Registry
+from compress.surgery import SURGERIES, apply_surgery, register_surgery  # noqa: F401  (the loader's registry)
 
 log = logging.getLogger(__name__)
 
@@ -31,43 +32,9 @@ ONNX_SUFFIXES = (".onnx", ".ort")
 
 # --- registries -------------------------------------------------------------------------------------------
 
-BUILDERS: dict[str, Callable] = {}
-SURGERIES: dict[str, Callable] = {}
-
-
-def register_builder(name: str):
-    """Register `fn(**kwargs) -> nn.Module` so that plain modules can be rebuilt by name (no pickle)."""
-
-    def wrap(fn):
-        BUILDERS[name] = fn
-        return fn
-
-    return wrap
-
-
-def register_surgery(name: str):
-    """Register `fn(module, **params)`, a structural edit the loader re-applies before loading weights."""
-
-    def wrap(fn):
-        SURGERIES[name] = fn
-        return fn
-
-    return wrap
-
-
-def apply_surgery(module, surgery: list[dict]) -> None:
-    """Re-apply recorded structural edits, in order, to a freshly built module."""
-    _import_surgery_providers()
-    for step in surgery:
-        op = step["op"]
-        if op not in SURGERIES:
-            raise CompressError(f"unknown surgery '{op}' in {MANIFEST_FILE}", "upgrade compress to the version that wrote it")
-        SURGERIES[op](module, **step.get("params", {}))
-
-
-def _import_surgery_providers() -> None:
-    # The passes register their surgeries on import; import them lazily so loading stays light.
-    import compress.passes  # noqa: F401
+# Builders rebuild plain modules by name (no pickle); surgeries (compress.surgery) re-apply structural edits.
+BUILDERS = Registry("builder", "register one with compress.models.register_builder")
+register_builder = BUILDERS.register  # `@register_builder(name)` over `fn(**kwargs) -> nn.Module`
 
 
 # --- built-in plain architectures ---------------------------------------------------------------------------
@@ -207,27 +174,6 @@ def build_fresh(name: str, *, task: str | None = None, num_labels: int | None = 
         module = BUILDERS[name](**kwargs).eval()
     return TorchModel(module, task or "image-classification", builder=name, builder_kwargs=kwargs,
                       source=f"builder:{name}")
-
-
-def save_torch_model(model: TorchModel, out_dir: Path) -> Path:
-    """Save without pickle: safetensors weights, HF config/tokenizer or builder manifest, and surgery list."""
-    from safetensors.torch import save_file
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    manifest = {"format": 1, "task": model.task, "builder": model.builder,
-                "builder_kwargs": model.builder_kwargs, "surgery": model.surgery}
-    if model.is_hf:
-        # `architectures` lets transformers' Auto classes (and our task inference) pick the right head.
-        model.module.config.architectures = [type(model.module).__name__]
-        model.module.config.save_pretrained(out_dir)
-        if model.tokenizer is not None:
-            model.tokenizer.save_pretrained(out_dir)
-        manifest["hf_class"] = type(model.module).__name__
-    # safetensors refuses tensors that share memory (tied embeddings); clone makes each one its own.
-    state = {k: v.detach().contiguous().clone() for k, v in model.module.state_dict().items()}
-    save_file(state, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
-    (out_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
-    return out_dir
 
 
 # --- loaders -----------------------------------------------------------------------------------------------

@@ -25,15 +25,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from compress.artifacts import MANIFEST_FILE, OnnxModel, TorchModel
 from compress.errors import CompressError
 
-if TYPE_CHECKING:
-    from compress.passes.quantize import QuantizeOrtConfig
+# `cfg` below is a `compress.passes.quantize.QuantizeOrtConfig`; the machinery reads its fields and never
+# imports the pass layer above it (not even for type checking: that would be an import cycle).
+QuantizeOrtConfig = Any
 
 log = logging.getLogger(__name__)
 

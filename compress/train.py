@@ -4,7 +4,7 @@ The same code runs on one CPU, one GPU, or several processes under `accelerate l
 the same deterministic batch plan from `seed` and takes its own slice of it. What is trained is an
 `Objective`: an `nn.Module` that holds the model being trained (and any extra trainable parts, such as
 hidden-state projections) and turns a batch into a loss. Fine-tuning uses `cross_entropy_objective`;
-distillation defines its own in `compress.passes.distill`.
+distillation defines its own in `compress.distillation`.
 
 The loop: AdamW (no decay on biases and LayerNorm), linear warm-up then linear decay, gradient clipping,
 evaluation after each epoch, the best epoch's weights kept, early stopping, a checkpoint every N steps that
@@ -29,7 +29,7 @@ from pydantic import Field
 
 from compress.artifacts import TorchModel
 from compress.errors import CompressError
-from compress.passes.base import PassConfig
+from compress.config import StrictConfig
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ METRICS_FILE = "metrics.json"
 PLAN_KEYS = ("batch_size", "seed", "max_length", "lr", "warmup_ratio", "weight_decay")
 
 
-class TrainConfig(PassConfig):
+class TrainConfig(StrictConfig):
     """Hyperparameters of the shared training loop (finetune, distill, recovery)."""
 
     epochs: float = Field(3.0, gt=0, description="Passes over the training data (fractions allowed).")

@@ -7,15 +7,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
-
 from compress.artifacts import OnnxModel, TorchModel
+from compress.config import StrictConfig
+from compress.registry import Registry
 
-
-class PassConfig(BaseModel):
-    """Base of every pass config: unknown keys fail loudly, configs are immutable data."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
+# Base of every pass config: unknown keys fail loudly, configs are immutable data. It is the bottom-layer
+# `StrictConfig` itself, so the training loop's settings (`compress.train.TrainConfig`) are pass configs too.
+PassConfig = StrictConfig
 
 
 @dataclass
@@ -72,7 +70,7 @@ class PassInfo:
     needs: tuple[str, ...] = ()  # data splits it needs: "train", "eval", "calibration"
 
 
-PASSES: dict[str, PassInfo] = {}
+PASSES = Registry("pass")
 
 
 def register_pass(config: type[PassConfig], *, accepts: tuple[str, ...] | str, returns: str,
@@ -82,19 +80,16 @@ def register_pass(config: type[PassConfig], *, accepts: tuple[str, ...] | str, r
     accepts = (accepts,) if isinstance(accepts, str) else accepts
 
     def wrap(fn):
-        PASSES[name] = PassInfo(name, config, fn, accepts, returns, needs)
+        PASSES.register(name, PassInfo(name, config, fn, accepts, returns, needs))
         return fn
 
     return wrap
 
 
 def get_pass(name: str) -> PassInfo:
-    import compress.passes  # noqa: F401  (registration runs on import)
-    from compress.errors import CompressError
+    import compress.passes  # noqa: F401  (the package imports every pass module: registration runs on import)
 
-    if name not in PASSES:
-        raise CompressError(f"unknown pass '{name}'", f"use one of: {', '.join(sorted(PASSES))}")
-    return PASSES[name]
+    return PASSES.lookup(name)
 
 
 def list_passes() -> list[PassInfo]:

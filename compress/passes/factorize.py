@@ -12,9 +12,10 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from compress.errors import CompressError
-from compress.models import register_surgery
+from compress.modules import select_modules, swap_module
 from compress.passes.base import PassConfig, PassContext, PassResult, register_pass
-from compress.pruning import RecoverConfig
+from compress.pruning import RecoverConfig, copy_model, recover
+from compress.surgery import factor_pair
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +47,8 @@ def factorize(model, cfg: FactorizeConfig, ctx: PassContext) -> PassResult:
     import torch
     from torch import nn
 
-    from compress.pruning import copy_model, recover, select_layers
-
     out = copy_model(model)
-    chosen = select_layers(out.module, (nn.Linear, nn.Conv1d, nn.Conv2d), cfg.targets, cfg.exclude)
+    chosen = select_modules(out.module, (nn.Linear, nn.Conv1d, nn.Conv2d), cfg.targets, cfg.exclude)
     skipped, per_layer, ranks = dict(chosen.skipped), {}, {}
     for name, layer in chosen.layers:
         if isinstance(layer, nn.modules.conv._ConvNd) and layer.groups != 1:
@@ -64,7 +63,7 @@ def factorize(model, cfg: FactorizeConfig, ctx: PassContext) -> PassResult:
             continue
         # Split Σ evenly (√Σ on each side): the same product as (UΣ)(Vᵀ), better scaled for recovery training.
         root = s[:r].sqrt()
-        first, second = _factor_pair(layer, r)
+        first, second = factor_pair(layer, r)
         with torch.no_grad():
             first.weight.copy_((root[:, None] * vh[:r]).reshape(first.weight.shape).float())
             second.weight.copy_((u[:, :r] * root[None]).reshape(second.weight.shape).float())
@@ -74,7 +73,7 @@ def factorize(model, cfg: FactorizeConfig, ctx: PassContext) -> PassResult:
         per_layer[name] = {"rank": r, "full_rank": len(s), "energy": float((s[:r] ** 2).sum() / (s ** 2).sum()),
                            "rel_error": float((w - approx).norm() / w.norm().clamp(min=1e-12)),
                            "params_before": w.numel(), "params_after": r * (n_in + n_out)}
-        out.module.set_submodule(name, nn.Sequential(first, second))
+        swap_module(out.module, name, nn.Sequential(first, second))
         ranks[name] = r
     if ranks:
         out.surgery.append({"op": "factorize_lowrank", "params": {"layers": ranks}})
@@ -106,27 +105,3 @@ def _choose_rank(s, cfg: FactorizeConfig, name: str) -> int:
     else:
         r = max(step, round(cfg.rank_ratio * m / step) * step)
     return max(1, min(m, r))
-
-
-def _factor_pair(layer, r: int):
-    """Two layers computing in -> r -> out: Linear pair, or Conv(k×k, r channels) then Conv 1×1."""
-    from torch import nn
-
-    if isinstance(layer, nn.Linear):
-        return (nn.Linear(layer.in_features, r, bias=False),
-                nn.Linear(r, layer.out_features, bias=layer.bias is not None))
-    conv = type(layer)  # Conv1d / Conv2d
-    first = conv(layer.in_channels, r, layer.kernel_size, stride=layer.stride, padding=layer.padding,
-                 dilation=layer.dilation, bias=False, padding_mode=layer.padding_mode)
-    second = conv(r, layer.out_channels, 1, bias=layer.bias is not None)
-    return first, second
-
-
-@register_surgery("factorize_lowrank")
-def factorize_surgery(module, layers: dict[str, int]) -> None:
-    """Loader side: replace each named layer by its factor pair of the recorded rank (weights load next)."""
-    from torch import nn
-
-    for name, r in layers.items():
-        first, second = _factor_pair(module.get_submodule(name), int(r))
-        module.set_submodule(name, nn.Sequential(first, second))

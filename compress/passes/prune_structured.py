@@ -4,14 +4,27 @@ are rounded to a multiple (default 8); the edit is recorded as surgery so the mo
 
 from __future__ import annotations
 
-import fnmatch
 import logging
 from typing import Literal
 
 from pydantic import Field
 
+from compress.errors import CompressError
+from compress.evaluation.size import model_size
+from compress.modules import check_globs, matches
 from compress.passes.base import PassConfig, PassContext, PassResult, register_pass
-from compress.pruning import RecoverConfig
+from compress.pruning import (
+    RecoverConfig,
+    attention_modules,
+    channel_groups,
+    copy_model,
+    ffn_groups,
+    head_slices,
+    importance_fn,
+    recover,
+    round_keep,
+    sync_hf_config,
+)
 
 log = logging.getLogger(__name__)
 
@@ -37,17 +50,14 @@ class PruneStructuredConfig(PassConfig):
 @register_pass(PruneStructuredConfig, accepts="torch", returns="torch")
 def prune_structured(model, cfg: PruneStructuredConfig, ctx: PassContext) -> PassResult:
     """Prune a copy of `model`; with `cfg.recover`, distil the unpruned model into it."""
-    from compress.evaluation.size import model_size
-    from compress.pruning import copy_model, recover
-
     pruned = copy_model(model)
     units = _units(pruned, cfg)
-    _check_globs(pruned.module, cfg)
+    check_globs([n for n, _ in pruned.module.named_modules() if n], cfg.targets + cfg.exclude)
     chosen, skipped = [], {}
     for name, size, slices, apply in units:
-        if _matches(name, cfg.exclude):
+        if matches(name, cfg.exclude, inside=True):
             skipped[name] = "excluded by --exclude"
-        elif cfg.targets and not _matches(name, cfg.targets):
+        elif cfg.targets and not matches(name, cfg.targets, inside=True):
             skipped[name] = "not in --targets"
         else:
             chosen.append((name, size, slices, apply))
@@ -77,9 +87,6 @@ def prune_structured(model, cfg: PruneStructuredConfig, ctx: PassContext) -> Pas
 
 def _units(model, cfg):
     """[(name, units, slices_fn, apply_fn(keep_index) -> surgery params)] for the chosen kind of unit."""
-    from compress.errors import CompressError
-    from compress.pruning import attention_modules, channel_groups, ffn_groups, head_slices
-
     module = model.module
     if cfg.unit == "heads":
         found = attention_modules(module)
@@ -121,8 +128,6 @@ def _keep_indices(chosen, cfg) -> dict:
     """Sorted indices of the units each layer keeps: lowest importance removed, counts rounded."""
     import torch
 
-    from compress.pruning import importance_fn, round_keep
-
     score = importance_fn(cfg.importance)
     multiple = 1 if cfg.unit == "heads" else cfg.round_to
     scores = {name: score(slices()).float() for name, _, slices, _ in chosen}
@@ -141,24 +146,8 @@ def _keep_indices(chosen, cfg) -> dict:
 
 
 def _record(model, unit: str, surgery: list) -> None:
-    from compress.pruning import sync_hf_config
-
     if unit == "heads":
         model.surgery.append({"op": "prune_heads", "params": {"layers": dict(surgery)}})
     else:
         model.surgery.append({"op": "slice_units", "params": {"groups": surgery}})
         sync_hf_config(model.module)
-
-
-def _matches(name: str, globs: list[str]) -> bool:
-    # A glob matches a layer or anything inside it ("bert.encoder.layer.0" matches its FFN).
-    return any(fnmatch.fnmatchcase(name, g) or fnmatch.fnmatchcase(name, g + ".*") for g in globs)
-
-
-def _check_globs(module, cfg) -> None:
-    from compress.errors import CompressError
-
-    names = [n for n, _ in module.named_modules() if n]
-    for glob in cfg.targets + cfg.exclude:
-        if not any(fnmatch.fnmatchcase(n, glob) for n in names):
-            raise CompressError(f"the glob '{glob}' matches no layer of the model", "check the layer names")

@@ -1,0 +1,78 @@
+"""Module selection by glob over names, and module swapping: the two helpers every pass uses to find and
+replace layers (torchao's `filter_fn` targeting and `_replace_with_custom_fn_if_matches_filter`)."""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+
+from compress.errors import CompressError
+
+# Layers no pass touches unless the user names them: token/position tables and the task head.
+DEFAULT_EXCLUDE = ("*embeddings*", "*classifier*", "*lm_head*", "*pooler*")
+
+
+def matches(name: str, globs, inside: bool = False) -> bool:
+    """True when `name` matches one of `globs`; with `inside`, a glob also matches everything inside the
+    module it names ("bert.encoder.layer.0" then matches that layer's FFN)."""
+    return any(fnmatch.fnmatchcase(name, g) or (inside and fnmatch.fnmatchcase(name, g + ".*")) for g in globs)
+
+
+def check_globs(names: list[str], globs, what: str = "layer of the model") -> None:
+    """Every glob the user gives must match one of `names`, else `CompressError` (a typo must not edit nothing)."""
+    for glob in globs:
+        if not any(fnmatch.fnmatchcase(n, glob) for n in names):
+            raise CompressError(f"the glob '{glob}' matches no {what}",
+                                f"check the names (e.g. {', '.join(names[:3])})")
+
+
+@dataclass
+class Targets:
+    """Layers a pass will edit, and those it leaves alone with the reason (for the report)."""
+
+    layers: list[tuple[str, object]] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+def select_modules(module, types: tuple, targets: list[str] | None = None, exclude: list[str] | None = None,
+                   exclude_defaults: bool = True, allow_empty: bool = False) -> Targets:
+    """Pick the submodules of `types` whose names match `targets` (default: all) and none of `exclude`.
+
+    The output layer (the last Linear) and `DEFAULT_EXCLUDE` are left out unless named in `targets`.
+    Every glob the user gives must match some module, else `CompressError`.
+
+    Args:
+        module: the `nn.Module`.
+        types: layer classes to consider, e.g. `(nn.Linear, nn.Conv2d)`.
+        targets: fnmatch globs over module names (`bert.encoder.layer.*.intermediate.dense`).
+        exclude: globs of names to leave alone.
+        exclude_defaults: also leave out embeddings, the classifier and the output layer.
+        allow_empty: return an empty selection instead of raising.
+    """
+    from torch import nn
+
+    named = [(n, m) for n, m in module.named_modules() if n and isinstance(m, types)]
+    check_globs([n for n, _ in module.named_modules() if n], list(targets or []) + list(exclude or []))
+    linears = [n for n, m in module.named_modules() if isinstance(m, nn.Linear)]
+    output_layer = linears[-1] if linears else None
+    out = Targets()
+    for name, layer in named:
+        if targets and not matches(name, targets):
+            continue
+        if matches(name, exclude or []):
+            out.skipped[name] = "excluded by --exclude"
+        elif exclude_defaults and not targets and matches(name, DEFAULT_EXCLUDE):
+            out.skipped[name] = "embeddings / task head (excluded by default)"
+        elif exclude_defaults and not targets and name == output_layer:
+            out.skipped[name] = "output layer (excluded by default)"
+        else:
+            out.layers.append((name, layer))
+    if not out.layers and not allow_empty:
+        raise CompressError("no layer left to edit after targets/exclude", "widen --targets or narrow --exclude")
+    return out
+
+
+def swap_module(root, name: str, new) -> None:
+    """Replace the submodule at dotted `name` of `root` by `new` (the one swap idiom of the package)."""
+    parent, _, leaf = name.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, leaf, new)
