@@ -24,6 +24,7 @@ from compress import inference
 from compress.artifacts import TorchModel
 from compress.data import iter_batches
 from compress.errors import CompressError
+from compress.modules import swap_module
 from compress.train import RichProgress, TrainConfig, fit, make_batch, objective_module, process_state
 
 log = logging.getLogger(__name__)
@@ -136,11 +137,10 @@ def derive_student(teacher: TorchModel, k: int, layers: list[int] | None = None)
     layers = layers or select_layers(len(blocks), k)
     if len(layers) != k or max(layers) >= len(blocks):
         raise CompressError(f"layers {layers} do not pick {k} of the teacher's {len(blocks)}", "check --layer-map")
-    parent = module.get_submodule(name.rsplit(".", 1)[0]) if "." in name else module
-    setattr(parent, name.rsplit(".", 1)[-1], nn.ModuleList([blocks[i] for i in layers]))
+    swap_module(module, name, nn.ModuleList([blocks[i] for i in layers]))
     module.requires_grad_(True)
     module.config.num_hidden_layers = k  # saved configs rebuild K layers; state-dict keys renumber 0..K-1
-    for new_index, block in enumerate(getattr(parent, name.rsplit(".", 1)[-1])):
+    for new_index, block in enumerate(module.get_submodule(name)):
         for sub in block.modules():  # keep per-layer indices (used by caches) consistent with the new position
             if hasattr(sub, "layer_idx"):
                 sub.layer_idx = new_index

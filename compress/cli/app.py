@@ -52,6 +52,27 @@ LabelFieldOpt = Annotated[str, typer.Option(help="Field holding the integer labe
 LimitOpt = Annotated[int | None, typer.Option(min=1, help="Use at most this many examples.")]
 OutOpt = Annotated[Path, typer.Option("--output", "-o", help="Output folder.")]
 
+# --- training and recovery options: one group for finetune, distill and prune/factorize --recover --------------
+
+TrainSplitOpt = Annotated[str, typer.Option("--split", help="Training split.")]
+EvalSplitOpt = Annotated[str | None, typer.Option("--eval-split", help="Split scored after each epoch (best epoch kept), e.g. dev.")]
+EvalLimitOpt = Annotated[int | None, typer.Option(min=1, help="Use at most this many evaluation examples.")]
+LimitTrainOpt = Annotated[int | None, typer.Option(min=1, help="Use at most this many training examples.")]
+EpochsOpt = Annotated[float, typer.Option(min=0.01, help="Passes over the training data (fractions allowed).")]
+MaxStepsOpt = Annotated[int | None, typer.Option(min=1, help="Total optimizer steps (overrides --epochs).")]
+BatchOpt = Annotated[int, typer.Option(min=1, help="Examples per step (per process).")]
+LrOpt = Annotated[float, typer.Option(min=0.0, help="Peak AdamW learning rate.")]
+MaxLenOpt = Annotated[int, typer.Option(min=2, help="Token truncation length.")]
+WdOpt = Annotated[float, typer.Option(min=0.0, help="AdamW weight decay.")]
+WarmupOpt = Annotated[float, typer.Option(min=0.0, max=0.99, help="Fraction of steps of linear warm-up.")]
+ClipOpt = Annotated[float, typer.Option(min=0.0, help="Gradient-norm clip (0 = off).")]
+SeedOpt = Annotated[int, typer.Option(help="Seed: same seed, same run.")]
+PatienceOpt = Annotated[int | None, typer.Option(min=1, help="Stop after N epochs without a better eval accuracy.")]
+CkptOpt = Annotated[int | None, typer.Option(min=1, help="Save a resumable checkpoint every N steps.")]
+ResumeOpt = Annotated[bool, typer.Option(help="Continue an interrupted run from its last checkpoint.")]
+PrecisionOpt = Annotated[str, typer.Option(help="auto, no, fp16 or bf16 (GPU only; CPU always trains in fp32).")]
+ProgressOpt = Annotated[bool, typer.Option(help="Show the progress bar.")]
+
 
 def load_model_from_options(model: str, task=None, num_labels=None, arch=None, allow_pickle=False,
                             trust_remote_code=False):

@@ -11,11 +11,19 @@ import typer
 from compress.cli.app import (
     AllowPickleOpt,
     ArchOpt,
+    BatchOpt,
+    EpochsOpt,
+    EvalSplitOpt,
+    LimitTrainOpt,
+    LrOpt,
+    MaxLenOpt,
+    MaxStepsOpt,
     ModelArg,
     NumLabelsOpt,
     TaskOpt,
     TextFieldOpt,
     TextPairFieldOpt,
+    TrainSplitOpt,
     TrustRemoteCodeOpt,
     app,
     console,
@@ -27,14 +35,6 @@ TargetsOpt = Annotated[list[str] | None, typer.Option("--targets", help="Glob of
 ExcludeOpt = Annotated[list[str] | None, typer.Option("--exclude", help="Glob of layer names to leave alone (repeat, or comma-separate).")]
 RecoverOpt = Annotated[bool, typer.Option("--recover", help="Distil from the unedited model afterwards (needs --data).")]
 RecoverDataOpt = Annotated[str | None, typer.Option("--data", help="Training data for --recover (e.g. ../shared/data/sst2).")]
-RecoverSplitOpt = Annotated[str, typer.Option("--split", help="Training split for --recover.")]
-EvalSplitOpt = Annotated[str | None, typer.Option("--eval-split", help="Split scored after each recovery epoch (best epoch kept).")]
-EpochsOpt = Annotated[float, typer.Option(min=0.01, help="Recovery epochs.")]
-MaxStepsOpt = Annotated[int | None, typer.Option(min=1, help="Recovery optimizer steps (overrides --epochs).")]
-LrOpt = Annotated[float, typer.Option(min=0.0, help="Recovery learning rate.")]
-BatchOpt = Annotated[int, typer.Option(min=1, help="Recovery batch size.")]
-MaxLenOpt = Annotated[int, typer.Option(min=2, help="Recovery token truncation length.")]
-LimitTrainOpt = Annotated[int | None, typer.Option(min=1, help="Use at most this many training examples.")]
 
 
 @app.command()
@@ -48,7 +48,7 @@ def prune(
     importance: Annotated[str, typer.Option(help="Structured: importance score of a unit (l1, l2).")] = "l2",
     round_to: Annotated[int, typer.Option(min=1, help="Structured: kept widths rounded to this multiple.")] = 8,
     schedule: Annotated[str, typer.Option(help="Unstructured: oneshot, or gradual (cubic, during --recover).")] = "oneshot",
-    recover: RecoverOpt = False, data: RecoverDataOpt = None, split: RecoverSplitOpt = "train",
+    recover: RecoverOpt = False, data: RecoverDataOpt = None, split: TrainSplitOpt = "train",
     eval_split: EvalSplitOpt = None, epochs: EpochsOpt = 1.0, max_steps: MaxStepsOpt = None, lr: LrOpt = 1e-4,
     batch_size: BatchOpt = 32, max_length: MaxLenOpt = 64, limit: LimitTrainOpt = None,
     text_field: TextFieldOpt = "text", text_pair_field: TextPairFieldOpt = None,
@@ -83,7 +83,7 @@ def factorize(
     rank: Annotated[int | None, typer.Option(help="The same rank for every targeted layer.")] = None,
     round_to: Annotated[int, typer.Option(min=1, help="Ranks rounded to this multiple.")] = 8,
     targets: TargetsOpt = None, exclude: ExcludeOpt = None,
-    recover: RecoverOpt = False, data: RecoverDataOpt = None, split: RecoverSplitOpt = "train",
+    recover: RecoverOpt = False, data: RecoverDataOpt = None, split: TrainSplitOpt = "train",
     eval_split: EvalSplitOpt = None, epochs: EpochsOpt = 1.0, max_steps: MaxStepsOpt = None, lr: LrOpt = 1e-4,
     batch_size: BatchOpt = 32, max_length: MaxLenOpt = 64, limit: LimitTrainOpt = None,
     text_field: TextFieldOpt = "text", text_pair_field: TextPairFieldOpt = None,

@@ -22,39 +22,38 @@ import typer
 from compress.cli.app import (
     AllowPickleOpt,
     ArchOpt,
+    BatchOpt,
+    CkptOpt,
+    ClipOpt,
     DataOpt,
+    EpochsOpt,
+    EvalLimitOpt,
+    EvalSplitOpt,
     LabelFieldOpt,
     LimitOpt,
+    LrOpt,
+    MaxLenOpt,
+    MaxStepsOpt,
     ModelArg,
     NumLabelsOpt,
     OutOpt,
+    PatienceOpt,
+    PrecisionOpt,
+    ProgressOpt,
+    ResumeOpt,
+    SeedOpt,
     TaskOpt,
     TextFieldOpt,
     TextPairFieldOpt,
+    TrainSplitOpt,
     TrustRemoteCodeOpt,
+    WarmupOpt,
+    WdOpt,
     app,
     console,
     data_spec,
     load_model_from_options,
 )
-
-TrainSplitOpt = Annotated[str, typer.Option("--split", help="Training split.")]
-EvalSplitOpt = Annotated[str | None, typer.Option(help="Split scored after each epoch (best epoch kept), e.g. dev.")]
-EvalLimitOpt = Annotated[int | None, typer.Option(min=1, help="Use at most this many evaluation examples.")]
-EpochsOpt = Annotated[float, typer.Option(min=0.0, help="Passes over the training data.")]
-MaxStepsOpt = Annotated[int | None, typer.Option(min=1, help="Total optimizer steps (overrides --epochs).")]
-BatchOpt = Annotated[int, typer.Option(min=1, help="Examples per step (per process).")]
-LrOpt = Annotated[float, typer.Option(min=0.0, help="Peak AdamW learning rate.")]
-WdOpt = Annotated[float, typer.Option(min=0.0, help="AdamW weight decay.")]
-WarmupOpt = Annotated[float, typer.Option(min=0.0, max=0.99, help="Fraction of steps of linear warm-up.")]
-ClipOpt = Annotated[float, typer.Option(min=0.0, help="Gradient-norm clip (0 = off).")]
-MaxLenOpt = Annotated[int, typer.Option(min=2, help="Token truncation length.")]
-SeedOpt = Annotated[int, typer.Option(help="Seed: same seed, same run.")]
-PatienceOpt = Annotated[int | None, typer.Option(min=1, help="Stop after N epochs without a better eval accuracy.")]
-CkptOpt = Annotated[int | None, typer.Option(min=1, help="Save a resumable checkpoint every N steps.")]
-ResumeOpt = Annotated[bool, typer.Option(help="Continue an interrupted run from its last checkpoint.")]
-PrecisionOpt = Annotated[str, typer.Option(help="auto, no, fp16 or bf16 (GPU only; CPU always trains in fp32).")]
-ProgressOpt = Annotated[bool, typer.Option(help="Show the progress bar.")]
 
 
 def _train_settings(**options) -> dict:

@@ -6,12 +6,13 @@ from typing import Literal
 
 from pydantic import Field
 
+from compress.data import iter_batches
+from compress.export.onnx import export_onnx as export
 from compress.passes.base import PassConfig, PassContext, PassResult, register_pass
 
 
 class ExportOnnxConfig(PassConfig):
     """Export to ONNX with dynamic axes; fail when ONNX Runtime outputs differ from PyTorch."""
-
     type: Literal["export_onnx"] = "export_onnx"
     opset: int = Field(17, ge=11, le=23, description="ONNX opset.")
     exporter: Literal["auto", "torchscript", "dynamo"] = Field("auto", description="Exporter; auto falls back to dynamo.")
@@ -24,9 +25,6 @@ class ExportOnnxConfig(PassConfig):
 @register_pass(ExportOnnxConfig, accepts="torch", returns="onnx")
 def export_onnx(model, cfg: ExportOnnxConfig, ctx: PassContext) -> PassResult:
     """Export `model` into `ctx.workdir/onnx` and check parity on eval examples (or built-in samples)."""
-    from compress.data import iter_batches
-    from compress.export.onnx import export_onnx as export
-
     batches = None
     if ctx.data.eval is not None and model.task != "feature-extraction":
         batches = list(iter_batches(model, ctx.data.eval.subset(range(min(cfg.check_examples, len(ctx.data.eval)))), 16))

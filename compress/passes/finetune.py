@@ -10,12 +10,11 @@ from pydantic import Field
 from compress.artifacts import TorchModel
 from compress.errors import CompressError
 from compress.passes.base import PassContext, PassResult, register_pass
-from compress.train import TrainConfig
+from compress.train import RichProgress, TrainConfig, cross_entropy_objective, fit
 
 
 class FinetuneConfig(TrainConfig):
     """Fine-tune with cross-entropy on the train split; pick the best epoch on the eval split."""
-
     type: Literal["finetune"] = "finetune"
     epochs: float = Field(3.0, gt=0, description="Passes over the training data (fractions allowed).")
     lr: float = Field(5e-5, gt=0, description="Peak learning rate of AdamW.")
@@ -34,7 +33,6 @@ def run_finetune(model: TorchModel, train, cfg: FinetuneConfig, workdir: Path, e
         progress: draw a rich progress bar (ignored when `callback` is given).
         callback: receives the loop's events instead of the bar.
     """
-    from compress.train import RichProgress, cross_entropy_objective, fit
 
     check_labels(model, train)
     if callback is None and progress:

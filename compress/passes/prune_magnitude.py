@@ -9,8 +9,11 @@ from typing import Literal
 
 from pydantic import Field
 
+from compress.errors import CompressError
+from compress.evaluation.size import model_size
+from compress.modules import select_modules
 from compress.passes.base import PassConfig, PassContext, PassResult, register_pass
-from compress.pruning import RecoverConfig
+from compress.pruning import MaskSchedule, RecoverConfig, copy_model, recover, steps_per_run
 
 log = logging.getLogger(__name__)
 
@@ -39,14 +42,10 @@ def prune_magnitude(model, cfg: PruneMagnitudeConfig, ctx: PassContext) -> PassR
     """Prune a copy of `model`; with `cfg.recover`, distil the unpruned model into it under fixed or rising masks."""
     from torch import nn
 
-    from compress.errors import CompressError
-    from compress.evaluation.size import model_size
-    from compress.pruning import MaskSchedule, copy_model, recover, select_layers, steps_per_run
-
     if cfg.schedule == "gradual" and cfg.recover is None:
         raise CompressError("gradual pruning happens during recovery training", "add recover (--recover) or use oneshot")
     pruned = copy_model(model)
-    chosen = select_layers(pruned.module, (nn.Linear, nn.Conv1d, nn.Conv2d), cfg.targets, cfg.exclude)
+    chosen = select_modules(pruned.module, (nn.Linear, nn.Conv1d, nn.Conv2d), cfg.targets, cfg.exclude)
     layers = dict(chosen.layers)
     size_before = model_size(model)
     metrics: dict = {}

@@ -8,11 +8,11 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from compress.passes.base import PassConfig, PassContext, PassResult, register_pass
+from compress.quantization import load_settings, quantize
 
 
 class QuantizeOrtConfig(PassConfig):
     """Quantize with ONNX Runtime. Defaults are the measured transformer-safe choices (toolchain.md §4-5, §10)."""
-
     type: Literal["quantize_ort"] = "quantize_ort"
     mode: Literal["dynamic", "static", "fp16"] = Field(
         "dynamic", description="dynamic: int8 weights, activations quantized at run time (best on CPU); "
@@ -59,7 +59,6 @@ def quantize_ort(model, cfg: QuantizeOrtConfig, ctx: PassContext) -> PassResult:
     reduce_range with its reason, CPU flags), excluded (node, reason), providers, and with `max_drop`:
     accuracy_fp32, accuracy, drop, budget_met, sensitivity (rows per unit) and search (steps).
     """
-    from compress.quantization import quantize
 
     result = quantize(model, ctx.workdir / "quantized", cfg, calibration=ctx.data.calibration,
                       eval_examples=ctx.data.eval if cfg.max_drop is not None else None, work_dir=ctx.workdir)
@@ -68,15 +67,11 @@ def quantize_ort(model, cfg: QuantizeOrtConfig, ctx: PassContext) -> PassResult:
 
 def load_config(folder) -> QuantizeOrtConfig:
     """The config a quantized folder was made with (from its quantization.json)."""
-    from compress.quantization import load_settings
-
     return QuantizeOrtConfig.model_validate(load_settings(folder)["config"])
 
 
 def replay_config(folder) -> QuantizeOrtConfig:
     """A config that re-creates the saved model exactly: resolved types fixed, the final exclusions listed, no search."""
-    from compress.quantization import load_settings
-
     settings = load_settings(folder)
     resolved = settings["resolved"]
     fixed = {"max_drop": None, "exclude": resolved["excluded_nodes"], "op_types": resolved["op_types"],

@@ -16,9 +16,11 @@ from typing import Literal
 
 from pydantic import Field
 
+from compress.artifacts import TorchModel, publish_dir
 from compress.errors import CompressError
+from compress.evaluation.size import model_size
 from compress.modules import check_globs, matches, swap_module
-from compress.passes.base import PassConfig, PassContext, PassResult, register_pass
+from compress.passes.base import DataBundle, PassConfig, PassContext, PassResult, register_pass
 from compress.surgery import int8_linear_class
 
 
@@ -42,8 +44,6 @@ def select_linears(module, targets: list[str], exclude: list[str]) -> list[str]:
 @register_pass(QuantizeTorchConfig, accepts="torch", returns="torch")
 def quantize_torch(model, cfg: QuantizeTorchConfig, ctx: PassContext) -> PassResult:
     """Swap the selected Linear layers of `model` (in place) for int8 dynamic ones; metrics: counts and sizes."""
-    from compress.evaluation.size import model_size
-
     before = model_size(model)["size_mb"]
     names = select_linears(model.module, cfg.targets, cfg.exclude)
     if not names:
@@ -67,9 +67,6 @@ class TorchQuantizeResult:
 def quantize_torch_model(model, out_dir: str | Path, cfg: QuantizeTorchConfig) -> TorchQuantizeResult:
     """CLI entry: quantize a TorchModel and save it (safetensors + surgery manifest) into `out_dir`."""
     import tempfile
-
-    from compress.artifacts import TorchModel, publish_dir
-    from compress.passes.base import DataBundle
 
     if not isinstance(model, TorchModel):
         raise CompressError("--torch needs a PyTorch model", "pass an HF folder or .pt, or drop --torch for ONNX")
