@@ -19,6 +19,7 @@ import logging
 import zipfile
 from pathlib import Path
 
+from compress import decoders
 from compress.artifacts import MANIFEST_FILE, OnnxModel, TorchModel, save_torch_model  # noqa: F401
 from compress.errors import CompressError
 from compress.registry import Registry
@@ -26,7 +27,7 @@ from compress.surgery import SURGERIES, apply_surgery, register_surgery  # noqa:
 
 log = logging.getLogger(__name__)
 
-TASKS = ("text-classification", "feature-extraction", "image-classification")
+TASKS = ("text-classification", "feature-extraction", "image-classification", "text-generation")
 STATE_DICT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 ONNX_SUFFIXES = (".onnx", ".ort")
 
@@ -103,8 +104,12 @@ def load_model(
     if task is not None and task not in TASKS:
         raise CompressError(f"unknown task '{task}'", f"use one of: {', '.join(TASKS)}")
     text = str(source)
+    if text in ("tiny:llama", "tiny:gpt2"):
+        return decoders.build_tiny_decoder(text.split(":", 1)[1])
     if text.startswith("tiny:"):
         return build_tiny(text.split(":", 1)[1], task=task, num_labels=num_labels)
+    if text == "smollm2":
+        return _load_hf(decoders.smollm2_path(), task or decoders.CAUSAL_TASK, num_labels, trust_remote_code)
     if text.startswith("builder:"):
         return build_fresh(text.split(":", 1)[1], task=task, num_labels=num_labels)
     if text == "minilm":
@@ -116,7 +121,7 @@ def load_model(
         if (path / "model.onnx").exists():
             return _load_onnx(path / "model.onnx")
         if (path / "config.json").exists():
-            return _load_hf(path, task, num_labels, trust_remote_code)
+            return _load_hf(path, task, num_labels, trust_remote_code, allow_pickle)
         raise CompressError(
             f"folder '{path}' holds no model (no config.json, model.onnx or {MANIFEST_FILE})",
             "pass a Hugging Face model folder, an ONNX folder or a file",
@@ -179,6 +184,61 @@ def build_fresh(name: str, *, task: str | None = None, num_labels: int | None = 
 # --- loaders -----------------------------------------------------------------------------------------------
 
 
+def _one_line_load_errors(loader):
+    """Turn what loading a broken model raises (truncated weights, missing weights, a config that does not fit,
+    a refused pickle) into one CompressError line that names the file; the first argument is the source."""
+    import functools
+
+    @functools.wraps(loader)
+    def wrapped(source, *args, **kwargs):
+        try:
+            return loader(source, *args, **kwargs)
+        except CompressError:
+            raise
+        except Exception as e:  # noqa: BLE001  (every cause is named in the message)
+            raise load_error(source, e) from e
+
+    return wrapped
+
+
+def load_error(source, error: BaseException) -> CompressError:
+    """The one-line cause of a failed load of `source` (a folder or file)."""
+    import pickle
+
+    chain, e = [], error
+    while e is not None and len(chain) < 8:  # transformers wraps the real cause
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    text = " ".join(f"{type(x).__name__}: {x}" for x in chain)
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    path = Path(str(source))
+    folder = path if path.is_dir() else path.parent
+
+    def weights(*patterns):
+        found = [p for pattern in patterns for p in sorted(folder.glob(pattern))] if path.is_dir() else [path]
+        return found[0] if found else path
+
+    if any(isinstance(x, pickle.UnpicklingError) for x in chain) or "Weights only load failed" in text:
+        return CompressError(f"'{weights('pytorch_model*.bin', '*.bin', '*.pt')}' holds pickled objects, which can "
+                             "run code: refused", "convert it to safetensors, or pass --allow-pickle if you trust the file")
+    if "SafetensorError" in text or "deserializing header" in text or "safetensors" in text.lower() and "invalid" in text.lower():
+        return CompressError(f"'{weights('*.safetensors')}' is truncated or corrupt ({first})",
+                             "copy or download the weights again")
+    if "PytorchStreamReader" in text or "unexpected EOF" in text or "zip archive" in text:
+        return CompressError(f"'{weights('*.bin', '*.pt', '*.pth')}' is truncated or corrupt ({first})",
+                             "copy or download the weights again")
+    if isinstance(error, OSError) and "no file named" in text:
+        return CompressError(f"'{folder}' has a config.json but no weights (model.safetensors or pytorch_model.bin)",
+                             "copy the weights beside the config, or pass the folder that holds them")
+    if isinstance(error, RuntimeError) and ("size mismatch" in text or "state_dict" in text):
+        return CompressError(f"the weights in '{source}' do not fit its config ({first})",
+                             "pass the config the weights were saved with")
+    if isinstance(error, (ValueError, TypeError, KeyError, AttributeError)):
+        return CompressError(f"the config of '{source}' does not describe a valid model ({type(error).__name__}: "
+                             f"{first})", "fix config.json so it matches the weights")
+    return CompressError(f"cannot load '{source}' ({type(error).__name__}: {first})", "check the model files")
+
+
 def _looks_like_hub_id(text: str) -> bool:
     parts = text.split("/")
     if Path(text).suffix in STATE_DICT_SUFFIXES + ONNX_SUFFIXES + (".json", ".yaml"):
@@ -202,6 +262,8 @@ def _tiny_tokenizer():
 
 def _infer_task(config) -> str:
     archs = getattr(config, "architectures", None) or []
+    if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs):
+        return "text-generation"
     if any("ForSequenceClassification" in a for a in archs):
         return "text-classification"
     if any("ForImageClassification" in a for a in archs):
@@ -210,10 +272,15 @@ def _infer_task(config) -> str:
 
 
 def _hf_class(task: str):
-    from transformers import AutoModel, AutoModelForImageClassification, AutoModelForSequenceClassification
+    from transformers import (
+        AutoModel,
+        AutoModelForCausalLM,
+        AutoModelForImageClassification,
+        AutoModelForSequenceClassification,
+    )
 
     return {"text-classification": AutoModelForSequenceClassification, "feature-extraction": AutoModel,
-            "image-classification": AutoModelForImageClassification}[task]
+            "image-classification": AutoModelForImageClassification, "text-generation": AutoModelForCausalLM}[task]
 
 
 def _load_tokenizer(source, trust_remote_code: bool):
@@ -226,7 +293,8 @@ def _load_tokenizer(source, trust_remote_code: bool):
         return None
 
 
-def _load_hf(source, task, num_labels, trust_remote_code) -> TorchModel:
+@_one_line_load_errors
+def _load_hf(source, task, num_labels, trust_remote_code, allow_pickle=False) -> TorchModel:
     from transformers import AutoConfig
 
     try:
@@ -243,7 +311,11 @@ def _load_hf(source, task, num_labels, trust_remote_code) -> TorchModel:
     if task == "text-classification" and num_labels is not None:
         kwargs["num_labels"] = num_labels
     # Eager attention exports to a graph ONNX Runtime can fuse into its Attention kernel (toolchain.md §4).
-    kwargs["attn_implementation"] = "eager"
+    # Decoders keep transformers' default (SDPA): that is how their users run them, and optimum exports it.
+    if task != decoders.CAUSAL_TASK:
+        kwargs["attn_implementation"] = "eager"
+    if allow_pickle:
+        kwargs["weights_only"] = False  # a pickled pytorch_model.bin, trusted by the user
     from transformers.utils import logging as hf_logging
 
     verbosity = hf_logging.get_verbosity()
@@ -256,9 +328,13 @@ def _load_hf(source, task, num_labels, trust_remote_code) -> TorchModel:
             module = _hf_class(task).from_pretrained(str(source), **kwargs)
     finally:
         hf_logging.set_verbosity(verbosity)
-    return TorchModel(module.eval(), task, tokenizer=_load_tokenizer(source, trust_remote_code), source=str(source))
+    tokenizer = _load_tokenizer(source, trust_remote_code)
+    if task == decoders.CAUSAL_TASK:
+        tokenizer = decoders.prepare_tokenizer(tokenizer)
+    return TorchModel(module.eval(), task, tokenizer=tokenizer, source=str(source))
 
 
+@_one_line_load_errors
 def _load_saved(folder: Path, task, num_labels) -> TorchModel:
     """Rebuild a model written by `save_torch_model`: architecture, then surgery, then weights."""
     from safetensors.torch import load_file
@@ -274,9 +350,13 @@ def _load_saved(folder: Path, task, num_labels) -> TorchModel:
         from transformers import AutoConfig
 
         config = AutoConfig.from_pretrained(str(folder))
-        config._attn_implementation = "eager"
-        module = _hf_class(manifest["task"]).from_config(config, attn_implementation="eager")
-        tokenizer = _load_tokenizer(folder, False)
+        if manifest["task"] == decoders.CAUSAL_TASK:  # decoders run with transformers' default attention (SDPA)
+            module = _hf_class(manifest["task"]).from_config(config)
+            tokenizer = decoders.prepare_tokenizer(_load_tokenizer(folder, False))
+        else:
+            config._attn_implementation = "eager"
+            module = _hf_class(manifest["task"]).from_config(config, attn_implementation="eager")
+            tokenizer = _load_tokenizer(folder, False)
     apply_surgery(module, surgery)
     missing, unexpected = module.load_state_dict(load_file(str(folder / "model.safetensors")), strict=False)
     # Tied weights (e.g. decoder = embeddings) are not separate keys; anything else missing is a broken file.
@@ -285,9 +365,11 @@ def _load_saved(folder: Path, task, num_labels) -> TorchModel:
         raise CompressError(f"weights in '{folder}' do not match the architecture (missing {missing[:3]}, "
                             f"unexpected {unexpected[:3]})", "re-save the model with this version of compress")
     return TorchModel(module.eval(), manifest["task"], tokenizer=tokenizer, builder=manifest.get("builder"),
-                      builder_kwargs=manifest.get("builder_kwargs", {}), surgery=surgery, source=str(folder))
+                      builder_kwargs=manifest.get("builder_kwargs", {}), surgery=surgery, source=str(folder),
+                      input_shape=tuple(manifest["input_shape"]) if manifest.get("input_shape") else None)
 
 
+@_one_line_load_errors
 def _load_checkpoint(path: Path, task, num_labels, arch, allow_pickle) -> TorchModel:
     import torch
 
@@ -302,6 +384,8 @@ def _load_checkpoint(path: Path, task, num_labels, arch, allow_pickle) -> TorchM
         try:
             state = torch.load(str(path), map_location="cpu", weights_only=not allow_pickle)
         except Exception as e:  # torch raises UnpicklingError (or others) for pickled modules under weights_only
+            if allow_pickle or "Weights only load failed" not in str(e):
+                raise load_error(path, e) from e
             if allow_pickle:
                 raise CompressError(f"cannot read checkpoint '{path}': {e}", "check the file is a torch checkpoint") from e
             raise CompressError(
@@ -376,8 +460,12 @@ def _load_onnx(path: Path) -> OnnxModel:
     manifest = json.loads((folder / MANIFEST_FILE).read_text()) if (folder / MANIFEST_FILE).exists() else {}
     tokenizer = _load_tokenizer(folder, False) if (folder / "tokenizer_config.json").exists() else None
     task = manifest.get("task")
+    if task is None and any(name.startswith("past_key_values.") for name in inputs):
+        task = decoders.CAUSAL_TASK  # an optimum text-generation-with-past folder
     if task is None:
         task = "text-classification" if tokenizer is not None else "image-classification"
+    if task == decoders.CAUSAL_TASK:
+        tokenizer = decoders.prepare_tokenizer(tokenizer)
     if not inputs:
         inputs = manifest.get("input_names", [])
     return OnnxModel(path, task, tokenizer=tokenizer, input_names=inputs, source=str(path))
