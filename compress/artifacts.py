@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from compress.modules import infer_input_shape
+
 log = logging.getLogger(__name__)
 
 # Written beside a saved model: what the loader needs to rebuild it without pickle.
@@ -28,6 +30,8 @@ class TorchModel:
         surgery: structural edits applied after building from config (pruning, factorization), in order;
             the loader re-applies them before loading the weights, so a changed model reloads without pickle.
         source: where the model came from (for reports).
+        input_shape: shape of one input example (no batch dim) of a vision or plain module, when given
+            (`--input-shape`); None = read from the config or inferred from the first layer (`example_shape`).
     """
 
     module: Any
@@ -37,12 +41,31 @@ class TorchModel:
     builder_kwargs: dict = field(default_factory=dict)
     surgery: list[dict] = field(default_factory=list)
     source: str = ""
+    input_shape: tuple | None = None
 
     kind = "torch"
 
     @property
     def is_hf(self) -> bool:
         return self.builder is None
+
+    @property
+    def takes_tokens(self) -> bool:
+        """True for Hugging Face text models (tokenizer inputs); vision and plain modules take one float tensor."""
+        return self.is_hf and self.task != "image-classification"
+
+    def example_shape(self) -> tuple[tuple[int, ...], str]:
+        """Shape of one input example of a vision/plain model (no batch dim), and where it came from."""
+        if self.input_shape:
+            return tuple(self.input_shape), "given (--input-shape)"
+        if self.is_hf:
+            config = self.module.config
+            size = getattr(config, "image_size", None)
+            if size is None:  # ResNet's config has no image size: try sizes
+                return infer_input_shape(self.module, config.num_channels, lambda m, x: m(pixel_values=x))
+            size = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
+            return (config.num_channels, *size), "from the config (num_channels, image_size)"
+        return infer_input_shape(self.module)
 
     @property
     def num_labels(self) -> int | None:
@@ -53,7 +76,7 @@ class TorchModel:
     @property
     def input_names(self) -> list[str]:
         """Names of the model inputs, in the order the ONNX graph takes them."""
-        if not self.is_hf:
+        if not self.takes_tokens:
             return ["inputs"]
         names = ["input_ids", "attention_mask"]
         if self.tokenizer is not None and "token_type_ids" in self.tokenizer.model_input_names:
@@ -65,6 +88,8 @@ class TorchModel:
         """Forward a batch from `compress.data` and return the logits (or, for encoders, the pooled output)."""
         if not self.is_hf:
             return self.module(batch["inputs"])
+        if not self.takes_tokens:  # Hugging Face vision models: (B, C, H, W) pixel values
+            return self.module(pixel_values=batch["inputs"]).logits
         out = self.module(**{k: batch[k] for k in self.input_names if k in batch})
         if self.task == "feature-extraction":
             return mean_pool(out.last_hidden_state, batch["attention_mask"])
@@ -123,6 +148,8 @@ def save_torch_model(model: TorchModel, out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = {"format": 1, "task": model.task, "builder": model.builder,
                 "builder_kwargs": model.builder_kwargs, "surgery": model.surgery}
+    if model.input_shape:
+        manifest["input_shape"] = list(model.input_shape)
     if model.is_hf:
         # `architectures` lets transformers' Auto classes (and our task inference) pick the right head.
         model.module.config.architectures = [type(model.module).__name__]

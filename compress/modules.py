@@ -76,3 +76,49 @@ def swap_module(root, name: str, new) -> None:
     """Replace the submodule at dotted `name` of `root` by `new` (the one swap idiom of the package)."""
     parent, _, leaf = name.rpartition(".")
     setattr(root.get_submodule(parent) if parent else root, leaf, new)
+
+
+def infer_input_shape(module, channels: int | None = None, forward=None) -> tuple[tuple[int, ...], str]:
+    """Shape of one input example of a plain module (no batch dim), and how it was found.
+
+    The first weight layer tells the feature/channel count: Linear(in) takes (in,); Conv1d/Conv2d take
+    (C, L) / (C, H, W), where the spatial size is the first of 8, 32, 224 for which a trial forward runs
+    (8x8 is the built-in digits data). Anything else raises `CompressError` asking for `--input-shape`.
+
+    Args:
+        module: the `nn.Module`.
+        channels: the channel count when known (a Hugging Face vision config's `num_channels`).
+        forward: `forward(module, x)`; default `module(x)`.
+    """
+    import torch
+    from torch import nn
+
+    forward = forward or (lambda m, x: m(x))
+    first = next((m for m in module.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))), None)
+    if isinstance(first, nn.Linear) and channels is None:
+        return (first.in_features,), f"inferred from the first layer, Linear({first.in_features}, {first.out_features})"
+    if isinstance(first, (nn.Conv1d, nn.Conv2d)):
+        dims = 1 if isinstance(first, nn.Conv1d) else 2
+        for size in (8, 32, 224):
+            shape = (channels or first.in_channels,) + (size,) * dims
+            try:
+                with torch.no_grad():
+                    forward(module.eval(), torch.zeros((1, *shape)))
+            except Exception:  # noqa: BLE001  any failure means "not this size": try the next one
+                continue
+            return shape, (f"inferred from the first layer, {type(first).__name__}({first.in_channels}, "
+                           f"{first.out_channels}), spatial size {size} by a trial forward")
+    kind = type(first).__name__ if first is not None else type(module).__name__
+    raise CompressError(f"cannot infer the input shape of this {kind} model",
+                        "pass --input-shape with the shape of one example, e.g. 64 or 3,32,32")
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    """'3,32,32' or '3x32x32' -> (3, 32, 32); `CompressError` for anything else."""
+    try:
+        shape = tuple(int(x) for x in text.replace("x", ",").split(",") if x.strip())
+    except ValueError:
+        shape = ()
+    if not shape or any(d < 1 for d in shape):
+        raise CompressError(f"bad --input-shape '{text}'", "give positive sizes of one example, e.g. 64 or 3,32,32")
+    return shape

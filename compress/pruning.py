@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import Field
@@ -69,17 +70,39 @@ def attention_modules(module) -> list[tuple[str, object, int]]:
     out = []
     for name, layer in module.named_modules():
         if name and hasattr(layer, "prune_heads") and not hasattr(layer, "base_model_prefix"):
-            inner = getattr(layer, "self", layer)  # BertAttention.self holds the head count
+            inner = _self_attention(layer)
             heads = getattr(inner, "num_attention_heads", None) or getattr(inner, "n_heads", None)
             if heads:
                 out.append((name, layer, int(heads)))
     return out
 
 
+def _self_attention(layer):
+    """The module holding Q/K/V and the head count: BertAttention.self, ViTAttention.attention, or the layer
+    itself (DistilBERT's MultiHeadSelfAttention, ALBERT's AlbertAttention)."""
+    return getattr(layer, "self", None) or getattr(layer, "attention", None) or layer
+
+
+def record_pruned_heads(module, name: str, heads: list[int]) -> None:
+    """Add `heads` (original numbering) of the attention block `name` to `config.pruned_heads`, so that
+    `from_pretrained` of a saved folder removes the same heads (transformers re-applies them on load)."""
+    config = getattr(module, "config", None)
+    if config is None:
+        return
+    numbers = [int(x) for x in name.split(".") if x.isdigit()]
+    if getattr(config, "model_type", "") == "albert":  # albert_layer_groups.{g}.albert_layers.{i}
+        index = numbers[-2] * config.inner_group_num + numbers[-1]
+    else:  # *.layer.{i}.attention
+        index = numbers[-1]
+    pruned = {int(k): set(v) for k, v in (config.pruned_heads or {}).items()}
+    pruned[index] = pruned.get(index, set()) | set(int(h) for h in heads)
+    config.pruned_heads = {k: sorted(v) for k, v in sorted(pruned.items())}
+
+
 def head_slices(layer, heads: int) -> list:
     """Weights that go with each head: Q/K/V rows and output-projection columns, (heads, ...)."""
-    inner = getattr(layer, "self", layer)
-    out_proj = layer.output.dense if hasattr(layer, "output") else layer.out_lin
+    inner = _self_attention(layer)
+    out_proj = layer.output.dense if hasattr(layer, "output") else getattr(layer, "out_lin", None) or layer.dense
     qkv = [inner.query, inner.key, inner.value] if hasattr(inner, "query") else [inner.q_lin, inner.k_lin, inner.v_lin]
     slices = []
     for lin in qkv:
@@ -90,37 +113,74 @@ def head_slices(layer, heads: int) -> list:
     return slices
 
 
-def channel_groups(module, allowed: set[str] | None = None) -> list[UnitGroup]:
-    """Output channels of the Conv/Linear layers of a plain `nn.Sequential` stack, each coupled with the
-    next weight layer (through activations, pooling, dropout, BatchNorm and one Flatten)."""
+@dataclass
+class ChannelGroup:
+    """Channels coupled through the model's graph (Torch-Pruning's dependency graph): removing channel j of
+    `name`'s output removes it from every layer in the group (BatchNorm, residual adds, the next layers' inputs)."""
+
+    name: str  # the root layer whose output channels define the units
+    size: int
+    group: object  # torch_pruning Group with full indices (for importance)
+    graph: object  # the DependencyGraph, to prune a group with chosen indices
+
+    def slices(self) -> list:
+        """Every Conv/Linear weight that goes with each channel, dim 0 over channels (for importance scores)."""
+        import torch
+        import torch_pruning as tp
+
+        fn = tp.pruner.function
+        out = []
+        for i, (dep, idxs) in enumerate(self.group):
+            layer, prune_fn = dep.layer, dep.pruning_fn
+            if prune_fn in (fn.prune_conv_out_channels, fn.prune_linear_out_channels):
+                tensors = [layer.weight.detach().flatten(1)] + ([layer.bias.detach()[:, None]] if layer.bias is not None else [])
+            elif prune_fn in (fn.prune_conv_in_channels, fn.prune_linear_in_channels) and getattr(layer, "groups", 1) == 1:
+                tensors = [layer.weight.detach().transpose(0, 1).flatten(1)]  # (in, out*k*k)
+            else:
+                continue  # norms and depthwise kernels: their scale is not a magnitude of the channel
+            local = torch.as_tensor(tp._helpers.to_plain_idxs(idxs), dtype=torch.long)
+            root = torch.as_tensor(self.group[i].root_idxs, dtype=torch.long)
+            if len(local) % self.size:
+                continue
+            order = torch.argsort(root, stable=True)  # a Flatten maps one channel to several features: group them
+            out += [t[local][order].reshape(self.size, -1) for t in tensors]
+        return out
+
+    def apply(self, keep) -> None:
+        """Keep channels `keep` (sorted indices): prune the others from every coupled layer."""
+        drop = sorted(set(range(self.size)) - set(int(i) for i in keep))
+        if drop:
+            root = self.group[0].dep
+            self.graph.get_pruning_group(root.target.module, root.handler, drop).prune()
+
+
+def channel_groups(model: TorchModel) -> list[ChannelGroup]:
+    """Coupled output-channel groups of the Conv/Linear layers of any conv/MLP network (residual connections,
+    BatchNorm, Flatten and concatenation included), traced by Torch-Pruning's `DependencyGraph` on one zero
+    input of `model.example_shape()`. The output layer (the last Linear) keeps its classes."""
+    import torch
+    import torch_pruning as tp
     from torch import nn
 
-    if not isinstance(module, nn.Sequential):
-        raise CompressError("channel pruning needs a plain nn.Sequential conv/linear stack",
+    module = model.module
+    if model.is_hf and model.task != "image-classification":
+        raise CompressError(f"channel pruning is for conv/MLP networks, not {type(module).__name__}",
                             "use --structured neurons or heads for transformers")
-    passthrough = (nn.ReLU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.LeakyReLU, nn.Dropout, nn.Identity,
-                   nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d)
-    items = list(module.named_children())
+    if any(hasattr(m, "prune_heads") or "Attention" in type(m).__name__ for m in module.modules()):
+        raise CompressError(f"channel pruning of {type(module).__name__} (it has attention blocks) is not supported",
+                            "use --structured neurons or heads for transformers; channels are for conv/MLP networks")
+    linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
+    forward = (lambda m, x: m(pixel_values=x).logits) if model.is_hf else (lambda m, x: m(x))
+    module.eval()
+    example = torch.zeros((1, *model.example_shape()[0]))
+    graph = tp.DependencyGraph().build_dependency(module, example_inputs=example, forward_fn=forward, verbose=False)
+    names = {m: n for n, m in module.named_modules()}
     groups = []
-    for i, (name, layer) in enumerate(items):
-        if not isinstance(layer, (nn.Linear, nn.Conv1d, nn.Conv2d)) or (allowed is not None and name not in allowed):
-            continue
-        if isinstance(layer, nn.modules.conv._ConvNd) and layer.groups != 1:
-            continue
-        size = layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
-        outputs, flattened = [name], False
-        for next_name, nxt in items[i + 1:]:
-            if isinstance(nxt, nn.modules.batchnorm._BatchNorm):
-                outputs.append(next_name)
-            elif isinstance(nxt, nn.Flatten):
-                flattened = True
-            elif isinstance(nxt, (nn.Linear, nn.Conv1d, nn.Conv2d)):
-                width = nxt.in_features if isinstance(nxt, nn.Linear) else nxt.in_channels
-                if width % size == 0 and (flattened or width == size):
-                    groups.append(UnitGroup(name, size, outputs, [(next_name, width // size)]))
-                break
-            elif not isinstance(nxt, passthrough):
-                break  # an op we cannot see through: leave this layer whole
+    for group in graph.get_all_groups(ignored_layers=linears[-1:], root_module_types=[nn.Conv1d, nn.Conv2d, nn.Linear]):
+        root = group[0].dep.target.module
+        if isinstance(root, nn.modules.conv._ConvNd) and root.groups != 1:
+            continue  # a depthwise conv is pruned with the group that feeds it
+        groups.append(ChannelGroup(names[root], len(group[0].idxs), group, graph))
     return groups
 
 

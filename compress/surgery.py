@@ -245,3 +245,47 @@ def _swap_in_empty(module, modules: list[str]) -> None:
         swap_module(module, name, cls(linear.in_features, linear.out_features, linear.bias is not None))
 
 
+
+
+# --- resize (channel pruning through a dependency graph) ---------------------------------------------------
+
+# Size attributes that layers keep beside their tensors; a resized layer gets them back from the record.
+SIZE_ATTRS = ("in_features", "out_features", "in_channels", "out_channels", "groups", "num_features",
+              "normalized_shape", "num_channels")
+
+
+def tensor_shapes(module) -> dict[str, dict]:
+    """{module name: {"tensors": {param/buffer: shape}, "attrs": {size attr: value}}} of every submodule."""
+    out = {}
+    for name, sub in module.named_modules():
+        tensors = {k: list(v.shape) for k, v in list(sub.named_parameters(recurse=False)) +
+                   list(sub.named_buffers(recurse=False)) if v is not None}
+        attrs = {a: (list(v) if isinstance(v, tuple) else v) for a in SIZE_ATTRS
+                 if isinstance(v := getattr(sub, a, None), (int, tuple))}
+        out[name] = {"tensors": tensors, "attrs": attrs}
+    return out
+
+
+def resize_record(before: dict, module) -> dict:
+    """The submodules whose tensor shapes changed since `before` (a `tensor_shapes` snapshot), as recorded."""
+    after = tensor_shapes(module)
+    return {name: rec for name, rec in after.items() if name in before and rec["tensors"] != before[name]["tensors"]}
+
+
+@register_surgery("resize")
+def resize_surgery(module, modules: dict[str, dict]) -> None:
+    """Loader side of graph-based channel pruning: give each recorded submodule tensors of the recorded shapes
+    (values arrive with the weights) and its size attributes back."""
+    import torch
+
+    for name, rec in modules.items():
+        sub = module.get_submodule(name)
+        for tensor_name, shape in rec["tensors"].items():
+            old = getattr(sub, tensor_name)
+            new = torch.zeros(shape, dtype=old.dtype)
+            if isinstance(old, torch.nn.Parameter):
+                setattr(sub, tensor_name, torch.nn.Parameter(new, requires_grad=old.requires_grad))
+            else:
+                setattr(sub, tensor_name, new)
+        for attr, value in rec["attrs"].items():
+            setattr(sub, attr, tuple(value) if isinstance(value, list) else value)

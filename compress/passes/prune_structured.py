@@ -21,10 +21,12 @@ from compress.pruning import (
     ffn_groups,
     head_slices,
     importance_fn,
+    record_pruned_heads,
     recover,
     round_keep,
     sync_hf_config,
 )
+from compress.surgery import resize_record, tensor_shapes
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,7 @@ def prune_structured(model, cfg: PruneStructuredConfig, ctx: PassContext) -> Pas
     """Prune a copy of `model`; with `cfg.recover`, distil the unpruned model into it."""
     pruned = copy_model(model)
     units = _units(pruned, cfg)
+    before = tensor_shapes(pruned.module) if cfg.unit == "channels" else None
     check_globs([n for n, _ in pruned.module.named_modules() if n], cfg.targets + cfg.exclude)
     chosen, skipped = [], {}
     for name, size, slices, apply in units:
@@ -69,7 +72,7 @@ def prune_structured(model, cfg: PruneStructuredConfig, ctx: PassContext) -> Pas
         if len(index) < size:
             surgery.append(apply(index))
     if surgery:
-        _record(pruned, cfg.unit, surgery)
+        _record(pruned, cfg.unit, surgery, before)
     metrics: dict = {}
     if cfg.recover is not None and surgery:
         metrics["recovery"] = recover(pruned, model, ctx.data.train, cfg.recover, ctx.workdir / "recover",
@@ -91,7 +94,9 @@ def _units(model, cfg):
     if cfg.unit == "heads":
         found = attention_modules(module)
         if not found:
-            raise CompressError("no attention block with removable heads in this model", "use --structured neurons/channels")
+            raise CompressError(f"{type(module).__name__} has no attention block with removable heads",
+                                "heads: BERT, RoBERTa/XLM-R, ELECTRA, DistilBERT, ALBERT, ViT; use --structured neurons "
+                                "or channels")
 
         def heads_unit(name, layer, heads):
             def apply(index):
@@ -100,6 +105,7 @@ def _units(model, cfg):
                 original = [h for h in range(heads + len(gone)) if h not in gone]
                 drop = [original[h] for h in range(heads) if h not in set(index.tolist())]
                 layer.prune_heads(drop)
+                record_pruned_heads(module, name, drop)
                 return name, drop
             return name, heads, (lambda: head_slices(layer, heads)), apply
 
@@ -107,12 +113,15 @@ def _units(model, cfg):
     if cfg.unit == "neurons":
         groups = ffn_groups(module)
         if not groups:
-            raise CompressError("no transformer feed-forward block found", "use --structured channels for conv/MLP stacks")
+            raise CompressError(f"no transformer feed-forward block found in {type(module).__name__}",
+                                "neurons: BERT, RoBERTa/XLM-R, ELECTRA, DeBERTa-v2, DistilBERT, ALBERT, ViT, ConvNeXt; "
+                                "use --structured channels for conv/MLP networks")
     else:
-        groups = channel_groups(module)
-        if not groups:
-            raise CompressError("no prunable channel found (need a Conv/Linear followed by another)",
-                                "use --structured neurons or heads for transformers")
+        channels = channel_groups(model)
+        if not channels:
+            raise CompressError(f"no prunable channel found in {type(module).__name__} (need a Conv/Linear feeding "
+                                "another)", "use --structured neurons or heads for transformers")
+        return [(g.name, g.size, g.slices, g.apply) for g in channels]
 
     def group_unit(group):
         def apply(index):
@@ -145,8 +154,10 @@ def _keep_indices(chosen, cfg) -> dict:
     return keep
 
 
-def _record(model, unit: str, surgery: list) -> None:
-    if unit == "heads":
+def _record(model, unit: str, surgery: list, before: dict | None) -> None:
+    if unit == "channels":  # the dependency graph may touch any layer: record every changed shape
+        model.surgery.append({"op": "resize", "params": {"modules": resize_record(before, model.module)}})
+    elif unit == "heads":
         model.surgery.append({"op": "prune_heads", "params": {"layers": dict(surgery)}})
     else:
         model.surgery.append({"op": "slice_units", "params": {"groups": surgery}})
