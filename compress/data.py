@@ -47,6 +47,9 @@ class Examples:
     inputs: np.ndarray | None = None  # (N, C, H, W) float32 for image models
     labels: np.ndarray | None = None  # (N,) int64, or None when the data has no labels
     label_names: list[str] | None = None
+    origin: str | None = None  # the file or dataset the examples came from (for error messages)
+    lines: np.ndarray | None = None  # (N,) line of each example in `origin` (1-based), when it is a text file
+    label_field: str = "label"
 
     def __len__(self) -> int:
         return len(self.texts) if self.texts is not None else len(self.inputs)
@@ -64,7 +67,14 @@ class Examples:
             texts=pick(self.texts), text_pairs=pick(self.text_pairs),
             inputs=None if self.inputs is None else self.inputs[index],
             labels=None if self.labels is None else self.labels[index], label_names=self.label_names,
+            origin=self.origin, lines=None if self.lines is None else self.lines[index], label_field=self.label_field,
         )
+
+    def where(self, i: int) -> str:
+        """Where example `i` comes from: `file:line` for text files, else `source row i`."""
+        if self.lines is not None:
+            return f"{self.origin}:{int(self.lines[i])}"
+        return f"{self.origin or 'the data'} row {i}"
 
 
 def load_examples(spec: DataSpec | str, split: str | None = None, **overrides) -> Examples:
@@ -90,6 +100,7 @@ def iter_batches(model, examples: Examples, batch_size: int = 32, max_length: in
     """
     import torch
 
+    check_labels(examples, getattr(model, "num_labels", None))
     order = np.random.default_rng(seed).permutation(len(examples)) if shuffle else np.arange(len(examples))
     for start in range(0, len(examples), batch_size):
         idx = order[start:start + batch_size]
@@ -107,6 +118,18 @@ def iter_batches(model, examples: Examples, batch_size: int = 32, max_length: in
         if examples.labels is not None:
             batch["labels"] = torch.from_numpy(examples.labels[idx])
         yield batch
+
+
+def check_labels(examples: Examples, num_classes: int | None) -> None:
+    """Every label is one of the model's `num_classes` classes; else CompressError naming the file and line."""
+    if examples.labels is None or not num_classes or not len(examples.labels):
+        return
+    bad = np.flatnonzero((examples.labels < 0) | (examples.labels >= num_classes))
+    if len(bad):
+        i = int(bad[0])
+        raise CompressError(f"{examples.where(i)}: field '{examples.label_field}' is {int(examples.labels[i])}, not a "
+                            f"class of the model (0..{num_classes - 1})",
+                            "fix the label, or pass --num-labels / a model with as many classes as the data")
 
 
 def sample_texts() -> list[str]:
@@ -181,12 +204,54 @@ def _load_file(path: Path):
     builder = FILE_BUILDERS.get(path.suffix)
     if builder is None:
         raise CompressError(f"unknown data file type '{path.suffix}'", "use .jsonl, .json, .csv or .tsv")
+    if path.suffix == ".jsonl":
+        return JsonLines(path)
     kwargs = {"delimiter": "\t"} if path.suffix == ".tsv" else {}
     try:
-        return datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs)
+        ds = datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs)
     except Exception as e:  # malformed file
         raise CompressError(f"cannot parse '{path}' as {path.suffix[1:].upper()} ({type(e).__name__})",
                             "fix the file or pass another one") from e
+    ds.compress_origin = str(path)  # for error messages: row i is line i + 2 of a CSV (after the header)
+    return ds
+
+
+class JsonLines:
+    """A JSONL file read row by row (each line one JSON object), keeping the line of every row for messages.
+
+    It offers what `_from_dataset` reads of a `datasets.Dataset`: `column_names`, `ds[field]`, `features`."""
+
+    MISSING = object()  # a row without the field
+
+    def __init__(self, path: Path):
+        self.compress_origin = str(path)
+        self.rows: list[dict] = []
+        lines: list[int] = []
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise CompressError(f"'{path}' is not UTF-8 text (byte {e.start})", "save it as UTF-8 JSON lines") from None
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as e:
+                raise CompressError(f"{path}:{number}: not valid JSON ({e})", "write one JSON object per line") from None
+            if not isinstance(row, dict):
+                raise CompressError(f"{path}:{number}: a {type(row).__name__}, not a JSON object",
+                                    'write one object per line, e.g. {"text": "...", "label": 0}')
+            self.rows.append(row)
+            lines.append(number)
+        self.lines = np.asarray(lines, dtype=np.int64)
+        self.column_names = list(dict.fromkeys(k for row in self.rows for k in row))
+        self.features: dict = {}
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, field: str) -> list:
+        return [row.get(field, self.MISSING) for row in self.rows]
 
 
 def _pick_split(dataset_dict, split: str | None, path: Path):
@@ -203,13 +268,64 @@ def _from_dataset(ds, spec: DataSpec) -> Examples:
         if field is not None and field not in columns:
             raise CompressError(f"the data has no field '{field}' (fields: {', '.join(columns)})",
                                 "pass --text-field / --text-pair-field naming one of them")
-    labels = None
-    if spec.label_field in columns:
-        labels = np.asarray(ds[spec.label_field], dtype=np.int64)
+    origin = getattr(ds, "compress_origin", None) or spec.source
+    lines = getattr(ds, "lines", None)
+    if lines is None and Path(origin).suffix in (".csv", ".tsv"):
+        lines = np.arange(len(ds), dtype=np.int64) + 2  # line 1 is the header
+    found = Examples(origin=origin, lines=lines, label_field=spec.label_field)
+    texts = _strings(ds[spec.text_field], spec.text_field, found)
+    pairs = _strings(ds[spec.text_pair_field], spec.text_pair_field, found) if spec.text_pair_field else None
     label_names = _label_names(spec.source, ds, spec.label_field)
-    pairs = [str(t) for t in ds[spec.text_pair_field]] if spec.text_pair_field else None
-    return Examples(texts=[str(t) for t in ds[spec.text_field]], text_pairs=pairs, labels=labels,
-                    label_names=label_names)
+    labels = _labels(ds[spec.label_field], spec.label_field, label_names, found) if spec.label_field in columns else None
+    return Examples(texts=texts, text_pairs=pairs, labels=labels, label_names=label_names, origin=origin,
+                    lines=lines, label_field=spec.label_field)
+
+
+def _kind(value) -> str:
+    """How a JSON value reads in an error message."""
+    if value is JsonLines.MISSING:
+        return "missing"
+    if value is None or (isinstance(value, float) and value != value):
+        return "null"
+    if isinstance(value, (bool, int, float)):
+        return f"{'a boolean' if isinstance(value, bool) else 'a number'} ({value!r})"
+    if isinstance(value, str):
+        return f"{value[:40]!r}"
+    return f"a {type(value).__name__}"
+
+
+def _strings(values: list, field: str, found: Examples) -> list[str]:
+    """Text of every row: each must be a string."""
+    for i, value in enumerate(values):
+        if not isinstance(value, str):
+            raise CompressError(f"{found.where(i)}: field '{field}' is {_kind(value)}, not a string",
+                                "give every row its text as a string")
+    return values
+
+
+def _labels(values: list, field: str, names: list[str] | None, found: Examples) -> np.ndarray | None:
+    """Integer class indices of every row; None when no row has a label (or all are -1, the hub's 'no label')."""
+    absent = [v is JsonLines.MISSING or v is None or (isinstance(v, float) and v != v) or v == -1 for v in values]
+    if all(absent):
+        return None
+    out = np.empty(len(values), dtype=np.int64)
+    for i, value in enumerate(values):
+        if isinstance(value, str) and names and value in names:
+            value = names.index(value)  # a label given by name (labels.json / dataset features)
+        elif isinstance(value, float) and value == value and value.is_integer():
+            value = int(value)  # e.g. a CSV column read as floats
+        if absent[i]:
+            raise CompressError(f"{found.where(i)}: field '{field}' is {_kind(value)}: this row has no label",
+                                "label every row, or none (unlabelled data is fine for calibration)")
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise CompressError(f"{found.where(i)}: field '{field}' is {_kind(value)}, not an integer class index",
+                                "labels are 0, 1, ... (one per class)")
+        if value < 0 or (names and value >= len(names)):
+            classes = f"0..{len(names) - 1} ({len(names)} classes named in the data)" if names else "0 or more"
+            raise CompressError(f"{found.where(i)}: field '{field}' is {value}, outside the classes {classes}",
+                                "fix the label")
+        out[i] = value
+    return out
 
 
 def _label_names(source: str, ds, label_field: str) -> list[str] | None:
@@ -217,7 +333,11 @@ def _label_names(source: str, ds, label_field: str) -> list[str] | None:
     path = Path(source).expanduser()
     for candidate in (path / "labels.json", path.parent / "labels.json"):
         if candidate.is_file():
-            mapping = json.loads(candidate.read_text())
-            return [mapping[str(i)] for i in range(len(mapping))]
+            try:
+                mapping = json.loads(candidate.read_text(encoding="utf-8"))
+                return [str(mapping[str(i)]) for i in range(len(mapping))]
+            except (ValueError, KeyError, TypeError, AttributeError):
+                raise CompressError(f"'{candidate}' is not a label map like {{\"0\": \"negative\", \"1\": \"positive\"}}",
+                                    "fix or remove it") from None
     feature = ds.features.get(label_field) if hasattr(ds, "features") else None
     return list(feature.names) if hasattr(feature, "names") else None

@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 CACHE_VERSION = 1  # bump when the layout of a stage folder changes
 SCHEMA_VERSION = 1  # results.json schema
 DONE_FILE = "done.json"
+# Training inside a stage checkpoints this often (unless its config says otherwise) and resumes after a crash.
+STAGE_CHECKPOINT_EVERY = 50
 RECORD_FILE = "record.json"
 
 Event = Callable[..., None]  # on_event(kind, **info): "stage" (start/done), "eval", "bench"
@@ -139,6 +141,10 @@ class Runner:
         self.root.mkdir(parents=True, exist_ok=True)
         for stale in self.root.glob(".*.tmp-*"):  # left by an interrupted run
             shutil.rmtree(stale, ignore_errors=True)
+        current = {f".{self.stage_dir(s.name).name}.work" for s in self.steps}
+        for stale in self.root.glob(".*.work"):  # work of a stage whose config has changed since
+            if stale.name not in current:
+                shutil.rmtree(stale, ignore_errors=True)
         teacher_stage = self.recipe.teacher_stage()
         teacher = None
         for i, step in enumerate(self.steps):
@@ -160,16 +166,27 @@ class Runner:
         stage = self.recipe.stage(step.name)
         final = self.stage_dir(step.name)
         tmp = self.root / f".{final.name}.tmp-{os.getpid()}"
+        # The work folder outlives an interrupted run (keyed like the stage): training resumes from its checkpoint.
+        keep = self.root / f".{final.name}.work"
+        work = keep / "work"
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(final, ignore_errors=True)  # a folder without done.json is incomplete
-        (tmp / "work").mkdir(parents=True)
+        tmp.mkdir(parents=True)
+        work.mkdir(parents=True, exist_ok=True)
         model = self.load(step.input)
-        ctx = PassContext(teacher=teacher, data=self.bundle(), workdir=tmp / "work", seed=self.recipe.seed,
+        ctx = PassContext(teacher=teacher, data=self.bundle(), workdir=work, seed=self.recipe.seed,
                           progress=self.progress)
+        from compress.train import resumable
+
         start = time.perf_counter()
-        result = get_pass(step.pass_type).fn(model, stage.pass_, ctx)
+        with resumable(STAGE_CHECKPOINT_EVERY):
+            result = get_pass(step.pass_type).fn(model, stage.pass_, ctx)
         seconds = time.perf_counter() - start
         out = result.model
+        if isinstance(out, OnnxModel) and work.resolve() in out.path.resolve().parents:
+            out.path = tmp / "work" / out.path.resolve().relative_to(work.resolve())
+        os.replace(work, tmp / "work")  # the stage folder keeps its work folder, as before
+        shutil.rmtree(keep, ignore_errors=True)
         if isinstance(out, OnnxModel):
             artifact = self._keep_onnx(out, tmp)
         else:
@@ -259,12 +276,20 @@ def run(recipe: Recipe, *, runs_dir: str | Path = "runs", fresh: bool = False, o
             "eval" (name, index, total), "bench" (done, total).
         progress: let passes show their own progress bars.
     """
+    from compress.paths import RunLock, guard_output
+
+    runner = Runner(recipe, Path(runs_dir), on_event, progress)
+    guard_output(runner.root, recipe_inputs(recipe), replace=False, what="--runs")
+    with RunLock(runner.root):  # one run per folder; released on exit, taken over if its owner died
+        return _run_locked(runner, recipe, fresh)
+
+
+def _run_locked(runner: Runner, recipe: Recipe, fresh: bool) -> dict:
     import torch
 
     from compress.evaluation.accuracy import agreement
     from compress.evaluation.latency import bench, environment, physical_cores
 
-    runner = Runner(recipe, Path(runs_dir), on_event, progress)
     if fresh:
         shutil.rmtree(runner.root, ignore_errors=True)
     if recipe.eval.threads:
@@ -324,6 +349,15 @@ def run(recipe: Recipe, *, runs_dir: str | Path = "runs", fresh: bool = False, o
         "run_dir": str(runner.root), "recipe_config": recipe_dict(recipe), "stages": stages,
         "pipeline": lineage,
     }
+
+
+def recipe_inputs(recipe: Recipe) -> list[str]:
+    """Every local source the recipe reads (model, teacher, data), for the output-path guard."""
+    sources = [recipe.model, recipe.teacher, recipe.data.source]
+    for split in ("train", "validation", "eval", "calibration"):
+        spec = getattr(recipe.data, split)
+        sources.append(spec.source if spec is not None else None)
+    return [s for s in sources if s]
 
 
 def cached_stages(recipe: Recipe, runs_dir: str | Path = "runs") -> dict[str, bool]:

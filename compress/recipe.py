@@ -330,13 +330,62 @@ def load_recipe(path: str | Path) -> Recipe:
     path = Path(path)
     if not path.is_file():
         raise CompressError(f"recipe '{path}' not found", "pass an existing YAML file, e.g. recipes/quickstart.yaml")
+    if path.stat().st_size > MAX_RECIPE_BYTES:
+        raise CompressError(f"{path}: {path.stat().st_size:,} bytes is too large for a recipe "
+                            f"(at most {MAX_RECIPE_BYTES:,})", "pass the recipe YAML, not a data or model file")
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise CompressError(f"{path}: not UTF-8 text (byte {e.start})", "save the recipe as UTF-8 YAML") from None
+    return parse_recipe(safe_yaml(text, str(path)), str(path))
+
+
+MAX_RECIPE_BYTES = 1 << 20  # a recipe is a page of YAML; anything bigger is the wrong file
+MAX_YAML_DEPTH = 64  # nesting of mappings and lists (a recipe needs about 6)
+MAX_YAML_ALIASES = 100  # `*alias` uses: bounds the expansion of nested aliases ("billion laughs")
+MAX_YAML_NODES = 100_000
+
+
+def safe_yaml(text: str, where: str = "recipe") -> Any:
+    """`yaml.safe_load` with bounded nesting, aliases and size; any problem is one CompressError line."""
+    import yaml
+
+    class BoundedLoader(yaml.SafeLoader):
+        depth = aliases = nodes = 0
+
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                self.aliases += 1
+                if self.aliases > MAX_YAML_ALIASES:
+                    raise _Bound(f"more than {MAX_YAML_ALIASES} YAML aliases", self.peek_event().start_mark)
+            self.nodes += 1
+            if self.nodes > MAX_YAML_NODES:
+                raise _Bound(f"more than {MAX_YAML_NODES:,} YAML values", self.peek_event().start_mark)
+            self.depth += 1
+            try:
+                if self.depth > MAX_YAML_DEPTH:
+                    raise _Bound(f"YAML nested deeper than {MAX_YAML_DEPTH} levels", self.peek_event().start_mark)
+                return super().compose_node(parent, index)
+            finally:
+                self.depth -= 1
+
+    class _Bound(yaml.YAMLError):
+        def __init__(self, problem, mark):
+            super().__init__(problem)
+            self.problem, self.problem_mark = problem, mark
+
+    loader = BoundedLoader(text)
+    try:
+        return loader.get_single_data()
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark is not None else ""
-        raise CompressError(f"{path}: not valid YAML{at}", "fix the YAML syntax") from None
-    return parse_recipe(data, str(path))
+        problem = f" ({e.problem})" if getattr(e, "problem", None) else ""
+        raise CompressError(f"{where}: not valid YAML{at}{problem}", "fix the YAML (a recipe is a plain mapping)") from None
+    except (RecursionError, MemoryError, ValueError, TypeError, OverflowError) as e:
+        raise CompressError(f"{where}: not a usable YAML recipe ({type(e).__name__})", "fix the YAML") from None
+    finally:
+        loader.dispose()
 
 
 def recipe_dict(recipe: Recipe) -> dict:

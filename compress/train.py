@@ -14,6 +14,8 @@ It never prints: progress goes to a `callback(event: dict)`; `RichProgress` is t
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import logging
 import math
@@ -93,6 +95,21 @@ def cross_entropy_objective(model: TorchModel):
     return objective_module(model.module, loss_fn)
 
 
+@contextlib.contextmanager
+def resumable(checkpoint_every: int):
+    """Within this block every `fit` saves a checkpoint each `checkpoint_every` steps (unless its config sets
+    another interval) and resumes from the one in its work folder: the pipeline runs each stage in it, so a
+    stage killed in the middle of training continues from its last checkpoint."""
+    token = _STAGE_CHECKPOINTS.set(checkpoint_every)
+    try:
+        yield
+    finally:
+        _STAGE_CHECKPOINTS.reset(token)
+
+
+_STAGE_CHECKPOINTS: contextvars.ContextVar[int | None] = contextvars.ContextVar("stage_checkpoints", default=None)
+
+
 # --- batches ----------------------------------------------------------------------------------------------
 
 
@@ -165,6 +182,9 @@ def fit(model: TorchModel, objective, train, cfg: TrainConfig, workdir: Path, *,
 
     if len(train) == 0:
         raise CompressError("the training data is empty", "check --data, --split and --limit")
+    every = _STAGE_CHECKPOINTS.get()
+    if every is not None:  # inside a pipeline stage: checkpoint and resume whatever the config says
+        cfg = cfg.model_copy(update={"checkpoint_every": cfg.checkpoint_every or every, "resume": True})
     accelerator = make_accelerator(cfg.mixed_precision)
     world, rank = accelerator.num_processes, accelerator.process_index
     callback = callback if accelerator.is_main_process else None

@@ -3,6 +3,7 @@ heavy libraries are imported inside commands so that `compress --help` stays fas
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -10,8 +11,34 @@ import typer
 from rich.console import Console
 from typer.core import TyperGroup
 
-console = Console()
-err_console = Console(stderr=True)
+PIPED_WIDTH = 400  # without a terminal (CI logs, `| tee`) lines are as wide as their content, up to this
+
+
+class _Console(Console):
+    """A rich console that never cuts a figure: without a terminal it is PIPED_WIDTH wide (not the 80 columns
+    rich assumes), and in a narrow terminal table cells fold onto more lines instead of ending in '…'."""
+
+    @property
+    def size(self):
+        from rich.console import ConsoleDimensions
+
+        size = super().size
+        if not self.is_terminal and "COLUMNS" not in os.environ:
+            return ConsoleDimensions(max(size.width, PIPED_WIDTH), size.height)
+        return size
+
+    def print(self, *objects, **kwargs) -> None:
+        from rich.table import Table
+
+        for obj in objects:
+            if isinstance(obj, Table):
+                for column in obj.columns:
+                    column.overflow = "fold"
+        super().print(*objects, **kwargs)
+
+
+console = _Console()
+err_console = _Console(stderr=True)
 
 
 class _Group(TyperGroup):

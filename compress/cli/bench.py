@@ -33,6 +33,10 @@ def bench(
     from compress.evaluation.latency import BenchSpec
     from compress.evaluation.latency import bench as run_bench
 
+    if json_out is not None:
+        from compress.paths import guard_output
+
+        guard_output(json_out, models, kind="file", what="--json")
     bad = [d for d in device if d not in ("cpu", "cuda")]
     if bad:
         raise CompressError(f"unknown device '{bad[0]}'", "use --device cpu or --device cuda")

@@ -50,6 +50,10 @@ def evaluate(
 
     if not data:
         raise CompressError("no evaluation data", "pass --data (e.g. ../shared/data/sst2 --split dev)")
+    if json_out is not None:
+        from compress.paths import guard_output
+
+        guard_output(json_out, [model, data, reference, arch], kind="file", what="--json")
     loaded = load_model_from_options(model, task, num_labels, arch, allow_pickle, trust_remote_code)
     examples = load_examples(data_spec(data, split, text_field, text_pair_field, label_field, limit))
     ref = load_model_from_options(reference, task, num_labels, arch, allow_pickle, trust_remote_code) if reference else None

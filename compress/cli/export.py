@@ -44,7 +44,9 @@ def export(
     """Export MODEL to ONNX with dynamic batch/sequence axes; fail with the numbers if outputs differ from PyTorch."""
     from compress.data import iter_batches, load_examples
     from compress.export.onnx import export_onnx
+    from compress.paths import guard_output
 
+    guard_output(output, [model, data, arch])
     loaded = load_model_from_options(model, task, num_labels, arch, allow_pickle, trust_remote_code)
     batches = None
     if data:

@@ -141,7 +141,9 @@ def _run(cfg, model, output: Path, data, split, eval_split, limit, text_field, t
 
     from compress.data import load_examples
     from compress.passes.base import DataBundle, PassContext, get_pass
+    from compress.paths import guard_output
 
+    guard_output(output, [model, data, load_opts[2]])
     loaded = load_model_from_options(model, *load_opts)
     if loaded.kind != "torch":
         from compress.errors import CompressError

@@ -62,7 +62,12 @@ def quantize(
 
     from compress.data import load_examples
     from compress.errors import CompressError
+    from compress.paths import guard_output
 
+    inputs = [model, arch, calibration_data, eval_data]
+    guard_output(output, inputs)
+    if json_out is not None:
+        guard_output(json_out, inputs, kind="file", what="--json")
     loaded = load_model_from_options(model, task, num_labels, arch, allow_pickle, trust_remote_code)
     fields = dict(text_field=text_field, text_pair_field=text_pair_field, label_field=label_field)
     if torch_int8:

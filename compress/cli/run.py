@@ -36,8 +36,10 @@ def run(
         console.print(render.plan_table(plan, pipeline.cached_stages(plan, runs)))
         console.print(f"[green]ok[/]: {recipe} is valid; run it with `compress run {recipe}`")
         return
+    from compress.paths import guard_output
     from compress.report import write
 
+    guard_output(output / plan.name, [recipe, *pipeline.recipe_inputs(plan)])
     with _Display() as display:
         results = pipeline.run(plan, runs_dir=runs, fresh=fresh, on_event=display.event)
     written = write(results, output / plan.name)
@@ -65,6 +67,10 @@ def report(
     console.print(render.compare_table(runs))
     if output is not None:
         import os
+
+        from compress.paths import guard_output
+
+        guard_output(output, dirs, kind="file")
 
         tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
         tmp.write_text(render.compare_markdown(runs, [str(d) for d in dirs]))

@@ -108,7 +108,9 @@ def finetune(
 ) -> None:
     """Fine-tune MODEL on labelled data (cross-entropy, AdamW, warm-up/decay, best epoch kept) into OUTPUT."""
     from compress.passes.finetune import FinetuneConfig, run_finetune
+    from compress.paths import guard_output
 
+    guard_output(output, [model, data, arch])
     train, evals = _load_data(data, split, eval_split, text_field, text_pair_field, label_field, limit, eval_limit)
     loaded = load_model_from_options(model, task or _default_task(model), num_labels or train.num_labels, arch,
                                      allow_pickle, trust_remote_code)
@@ -144,7 +146,9 @@ def distill(
 ) -> None:
     """Distill TEACHER into STUDENT: α·T²·KL(teacher ‖ student) + (1-α)·CE, plus optional hidden/attention losses."""
     from compress.passes.distill import DistillConfig, prepare_student, run_distillation
+    from compress.paths import guard_output
 
+    guard_output(output, [teacher, student, data])
     if student is not None and student.isdigit():
         student, student_layers = None, int(student)
     train, evals = _load_data(data, split, eval_split, text_field, text_pair_field, label_field, limit, eval_limit)

@@ -198,17 +198,35 @@ class _ProcessWorker:
     """A `_LocalWorker` in a child process, driven over stdin/stdout with one JSON line per message."""
 
     def __init__(self, source: str, device: str, threads: int, load_kwargs: dict | None = None):
+        import tempfile
+
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
+        self.source = source
+        # The worker's stderr goes to a file: its last line is the cause when the worker dies.
+        self.stderr = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen([sys.executable, "-m", "compress.evaluation.latency_worker"],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
-        self.info = self._ask({"source": source, "device": device, "threads": threads, "load_kwargs": load_kwargs or {}})
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, text=True, env=env)
+        try:
+            self.info = self._ask({"source": source, "device": device, "threads": threads,
+                                   "load_kwargs": load_kwargs or {}})
+        except CompressError:
+            self.close()
+            raise
 
     def _ask(self, message: dict):
-        self.proc.stdin.write(json.dumps(message) + "\n")
-        self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
+        try:
+            self.proc.stdin.write(json.dumps(message) + "\n")
+            self.proc.stdin.flush()
+            line = self.proc.stdout.readline()
+        except (BrokenPipeError, OSError):
+            line = ""
         if not line:
-            raise CompressError("the benchmark worker died", "run with --no-isolate to see its error")
+            self.proc.wait(timeout=30)
+            self.stderr.seek(0)
+            lines = [x.strip() for x in self.stderr.read().splitlines() if x.strip()]
+            cause = lines[-1] if lines else f"exit code {self.proc.returncode}"
+            raise CompressError(f"the benchmark worker for '{self.source}' died ({cause[:300]})",
+                                "run with --no-isolate to debug it")
         reply = json.loads(line)
         if "error" in reply:
             raise CompressError(reply["error"], reply.get("fix") or "check the model")
@@ -225,8 +243,10 @@ class _ProcessWorker:
             self.proc.stdin.write(json.dumps({"op": "quit"}) + "\n")
             self.proc.stdin.flush()
             self.proc.wait(timeout=30)
-        except (BrokenPipeError, subprocess.TimeoutExpired):
+        except (BrokenPipeError, OSError, subprocess.TimeoutExpired):
             self.proc.kill()
+        finally:
+            self.stderr.close()
 
 
 def bench(models: list[str], spec: BenchSpec | None = None, *, labels: list[str] | None = None,

@@ -7,7 +7,6 @@ import sys
 
 
 def main() -> None:
-    from compress.errors import CompressError
     from compress.evaluation.latency import _LocalWorker
 
     out = sys.stdout
@@ -16,17 +15,34 @@ def main() -> None:
     try:
         worker = _LocalWorker(job["source"], job["device"], job["threads"], job["load_kwargs"])
         out.write(json.dumps({"result": worker.info}) + "\n")
-    except CompressError as e:
-        out.write(json.dumps({"error": e.problem, "fix": e.fix}) + "\n")
+    except Exception as e:  # noqa: BLE001  (any failure goes back to the parent as one line)
+        out.write(json.dumps(_error(e, job["source"])) + "\n")
+        out.flush()
         return
     out.flush()
     for line in sys.stdin:
         msg = json.loads(line)
         if msg["op"] == "quit":
             return
-        result = getattr(worker, msg["op"])(*msg["args"])
-        out.write(json.dumps({"result": result}) + "\n")
+        try:
+            reply = {"result": getattr(worker, msg["op"])(*msg["args"])}
+        except Exception as e:  # noqa: BLE001
+            reply = _error(e, job["source"])
+        out.write(json.dumps(reply) + "\n")
         out.flush()
+        if "error" in reply:
+            return
+
+
+def _error(e: Exception, source: str) -> dict:
+    """A failure as the parent re-raises it: CompressError's problem and fix, else the exception in one line."""
+    from compress.errors import CompressError
+
+    if isinstance(e, CompressError):
+        return {"error": e.problem, "fix": e.fix}
+    first = (str(e).strip().splitlines() or [""])[0]
+    return {"error": f"timing '{source}' failed ({type(e).__name__}: {first})",
+            "fix": "check that the model runs: compress eval it, or bench with --no-isolate"}
 
 
 if __name__ == "__main__":
