@@ -56,6 +56,9 @@ def evaluate(
         guard_output(json_out, [model, data, reference, arch], kind="file", what="--json")
     loaded = load_model_from_options(model, task, num_labels, arch, allow_pickle, trust_remote_code)
     examples = load_examples(data_spec(data, split, text_field, text_pair_field, label_field, limit))
+    if examples.labels is None and not reference and loaded.task in ("text-classification", "image-classification"):
+        raise CompressError(f"the data '{data}' has no labels (no field '{label_field}')",
+                            "pass --label-field naming the labels, or --reference to compare with another model")
     ref = load_model_from_options(reference, task, num_labels, arch, allow_pickle, trust_remote_code) if reference else None
     metrics = run_eval(loaded, examples, reference=ref, batch_size=batch_size, max_length=max_length)
     table = Table("metric", "value", title=f"{model} on {data}{':' + split if split else ''}")

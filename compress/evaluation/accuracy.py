@@ -53,10 +53,10 @@ def evaluate(model, examples, *, reference=None, batch_size: int = 64, max_lengt
     if len(examples) == 0:
         raise CompressError("the evaluation data is empty", "check --data, --split and --limit")
     logits, labels = predict(model, iter_batches(model, examples, batch_size, max_length), device, threads)
-    n_out = logits.shape[-1]
-    if examples.num_labels and labels is not None and model.task != "feature-extraction" and labels.max() >= n_out:
-        raise CompressError(f"the data has label {int(labels.max())} but the model has {n_out} outputs",
-                            "pass --num-labels matching the data, or data for this model")
+    if model.task != "feature-extraction":
+        from compress.data import check_labels
+
+        check_labels(examples, logits.shape[-1])  # names the file and line of the first label outside the outputs
     metrics = score(logits, labels, examples.num_labels)
     if reference is not None:
         ref_logits, _ = predict(reference, iter_batches(reference, examples, batch_size, max_length), device, threads)
