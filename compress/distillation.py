@@ -114,8 +114,9 @@ def layer_list(module):
     n = getattr(getattr(module, "config", None), "num_hidden_layers", None)
     found = [(name, m) for name, m in module.named_modules() if isinstance(m, nn.ModuleList) and len(m) == n]
     if not found:
-        raise CompressError(f"cannot find the layer list of {type(module).__name__}",
-                            "derive students from Hugging Face encoder models (BERT, RoBERTa, DistilBERT, MiniLM...)")
+        raise CompressError(f"cannot derive a student from {type(module).__name__}: it has no list of "
+                            "num_hidden_layers transformer blocks", "student layers: BERT, RoBERTa/XLM-R, ELECTRA, "
+                            "DeBERTa-v2, DistilBERT, ALBERT, ViT; give a student model for other architectures")
     return found[0]
 
 
@@ -128,11 +129,13 @@ def derive_student(teacher: TorchModel, k: int, layers: list[int] | None = None)
         layers: which ones (0-based); default `select_layers(n, k)`.
     """
     if not teacher.is_hf:
-        raise CompressError("--student-layers needs a Hugging Face transformer teacher",
-                            "give a student model for plain PyTorch modules")
+        raise CompressError(f"cannot derive a student from {type(teacher.module).__name__}: --student-layers needs a "
+                            "Hugging Face transformer teacher", "give a student model for plain PyTorch modules")
     from torch import nn
 
     module = copy.deepcopy(teacher.module)
+    if getattr(module.config, "model_type", "") == "albert":
+        return _albert_student(teacher, module, k)
     name, blocks = layer_list(module)
     layers = layers or select_layers(len(blocks), k)
     if len(layers) != k or max(layers) >= len(blocks):
@@ -146,6 +149,18 @@ def derive_student(teacher: TorchModel, k: int, layers: list[int] | None = None)
                 sub.layer_idx = new_index
     return TorchModel(module, teacher.task, tokenizer=teacher.tokenizer, surgery=list(teacher.surgery),
                       source=f"{teacher.source} [layers {','.join(map(str, layers))}]")
+
+
+def _albert_student(teacher: TorchModel, module, k: int) -> TorchModel:
+    """ALBERT shares one layer's weights across all `num_hidden_layers` passes: the student runs it K times
+    (same weights and parameters, K/N of the encoder's compute), so only the config changes."""
+    n = module.config.num_hidden_layers
+    if not 1 <= k <= n:
+        raise CompressError(f"cannot keep {k} of {n} layers", f"pass a student size from 1 to {n}")
+    module.config.num_hidden_layers = k
+    module.requires_grad_(True)
+    return TorchModel(module, teacher.task, tokenizer=teacher.tokenizer, surgery=list(teacher.surgery),
+                      source=f"{teacher.source} [{k} of {n} shared-layer passes]")
 
 
 def prepare_student(teacher: TorchModel, student: TorchModel | None, cfg: DistillSettings) -> TorchModel:
@@ -220,9 +235,9 @@ def check_compatible(student: TorchModel, teacher: TorchModel, train, cfg: Disti
             raise CompressError("the teacher and the student have different vocabularies",
                                 "distill into a student with the teacher's tokenizer (e.g. --student-layers)")
     if cfg.hidden_weight > 0 or cfg.attention_weight > 0:
-        if not student.is_hf:
-            raise CompressError("hidden-state and attention losses need Hugging Face transformers",
-                                "set hidden_weight and attention_weight to 0 for plain modules")
+        if not student.takes_tokens:
+            raise CompressError("hidden-state and attention losses need Hugging Face text transformers",
+                                "set hidden_weight and attention_weight to 0 for vision and plain modules")
         mapped = layer_map(student, teacher, cfg)
         log.info("layer map (student -> teacher): %s", mapped)
     if cfg.hidden_weight > 0 and not cfg.projection:
@@ -284,10 +299,12 @@ def run_distillation(student: TorchModel, teacher: TorchModel, train, cfg: Disti
         nonlocal cached
         cached = cached.to(batch["index"].device)
         want_hidden, want_attn = cfg.hidden_weight > 0, cfg.attention_weight > 0
-        if student.is_hf:
+        if student.takes_tokens:
             inputs = {k: batch[k] for k in student.input_names if k in batch}
             out = objective.student(**inputs, output_hidden_states=want_hidden, output_attentions=want_attn)
             logits = out.logits
+        elif student.is_hf:  # vision: (B, C, H, W) pixels
+            logits = objective.student(pixel_values=batch["inputs"]).logits
         else:
             logits = objective.student(batch["inputs"])
         loss, parts = distillation_loss(logits.float(), cached[batch["index"]], batch.get("labels"),

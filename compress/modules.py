@@ -94,9 +94,13 @@ def infer_input_shape(module, channels: int | None = None, forward=None) -> tupl
     from torch import nn
 
     forward = forward or (lambda m, x: m(x))
-    first = next((m for m in module.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))), None)
+    layers = [m for m in module.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Flatten))]
+    first = next((m for m in layers if not isinstance(m, nn.Flatten)), None)
     if isinstance(first, nn.Linear) and channels is None:
-        return (first.in_features,), f"inferred from the first layer, Linear({first.in_features}, {first.out_features})"
+        where = f"inferred from the first layer, Linear({first.in_features}, {first.out_features})"
+        if isinstance(layers[0], nn.Flatten) and first.in_features == 64:  # flattens images: digits are 1x8x8
+            return (1, 8, 8), where + " after a Flatten (1x8x8 digits)"
+        return (first.in_features,), where
     if isinstance(first, (nn.Conv1d, nn.Conv2d)):
         dims = 1 if isinstance(first, nn.Conv1d) else 2
         for size in (8, 32, 224):

@@ -166,7 +166,8 @@ def channel_groups(model: TorchModel) -> list[ChannelGroup]:
     if model.is_hf and model.task != "image-classification":
         raise CompressError(f"channel pruning is for conv/MLP networks, not {type(module).__name__}",
                             "use --structured neurons or heads for transformers")
-    if any(hasattr(m, "prune_heads") or "Attention" in type(m).__name__ for m in module.modules()):
+    if any("Attention" in type(m).__name__ or hasattr(m, "prune_heads") and not hasattr(m, "base_model_prefix")
+           for m in module.modules()):
         raise CompressError(f"channel pruning of {type(module).__name__} (it has attention blocks) is not supported",
                             "use --structured neurons or heads for transformers; channels are for conv/MLP networks")
     linears = [m for m in module.modules() if isinstance(m, nn.Linear)]

@@ -133,11 +133,13 @@ def sync_hf_config(module) -> None:
     """Keep `config.intermediate_size` true when every FFN has the same width, so config.json says what
     the weights hold (tools that read only the config then still work)."""
     config = getattr(module, "config", None)
-    if config is None or not hasattr(config, "intermediate_size"):
+    # DistilBERT names its FFN width `hidden_dim`; the others `intermediate_size`.
+    attr = "hidden_dim" if getattr(config, "model_type", "") == "distilbert" else "intermediate_size"
+    if config is None or not hasattr(config, attr):
         return
     widths = {g.size for g in ffn_groups(module)}
     if len(widths) == 1:
-        config.intermediate_size = widths.pop()
+        setattr(config, attr, widths.pop())
 
 
 def ffn_groups(module) -> list[UnitGroup]:

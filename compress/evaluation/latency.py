@@ -143,7 +143,7 @@ class _LocalWorker:
         if self.is_onnx:
             dims = self.session.get_inputs()[0].shape[1:]
             return tuple(d if isinstance(d, int) else 8 for d in dims)
-        return (1, 8, 8)  # built-in digits models
+        return tuple(self.model.example_shape()[0])  # config, first layer or --input-shape (digits: 1x8x8)
 
     def run(self, batch_size: int, seq_len: int, warmup: int, iters: int) -> list[float]:
         batch = self.inputs(batch_size, seq_len)

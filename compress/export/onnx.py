@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 import warnings
 from dataclasses import asdict, dataclass
@@ -19,6 +20,7 @@ log = logging.getLogger(__name__)
 
 EXPORTERS = ("auto", "torchscript", "dynamo")
 OPTIMIZATIONS = ("none", "ort", "transformer")
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # terminal colour codes (dynamo's errors carry them)
 DEFAULT_OPSET = 17  # the legacy exporter's best-tested opset; ORT's BERT fusions match it
 
 
@@ -43,6 +45,8 @@ class ExportResult:
     opset: int
     parity: Parity
     ort_path: Path | None = None
+    input_shape: tuple | None = None  # one example's shape, for vision/plain models
+    input_shape_source: str | None = None  # where it came from: config, first layer, or --input-shape
 
 
 def export_onnx(model: TorchModel, out_dir: str | Path, *, check_batches: list[dict] | None = None,
@@ -70,12 +74,16 @@ def export_onnx(model: TorchModel, out_dir: str | Path, *, check_batches: list[d
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     batches = check_batches or default_check_batches(model)
+    shape, shape_source = (None, None)
+    if not model.takes_tokens:  # say which input shape the graph was traced and checked with
+        shape = tuple(batches[0]["inputs"].shape[1:])
+        shape_source = "from the parity-check data" if check_batches else model.example_shape()[1]
     onnx_path = tmp / "model.onnx"
     used = _export_graph(model, onnx_path, batches[0], opset, exporter)
     opset = _graph_opset(onnx_path)  # dynamo needs >= 18 and may raise the requested opset
     if optimize != "none":
         _optimize(model, onnx_path, optimize)
-    _write_side_files(model, tmp, used, opset, optimize)
+    _write_side_files(model, tmp, used, opset, optimize, shape)
     onnx_model = OnnxModel(onnx_path, model.task, tokenizer=model.tokenizer, input_names=model.input_names,
                            source=model.source)
     parity = check_parity(model, onnx_model, batches)
@@ -92,25 +100,29 @@ def export_onnx(model: TorchModel, out_dir: str | Path, *, check_batches: list[d
         if not ort_parity.ok(atol):
             raise CompressError(f".ort conversion changed outputs: max |Δlogits| {ort_parity.max_abs_diff:.2e}",
                                 "export without --ort-format")
-    report = {"exporter": used, "opset": opset, "optimize": optimize, "parity": asdict(parity), "atol": atol}
+    report = {"exporter": used, "opset": opset, "optimize": optimize, "parity": asdict(parity), "atol": atol,
+              "input_shape": list(shape) if shape else None, "input_shape_source": shape_source}
     (tmp / "export_report.json").write_text(json.dumps(report, indent=2))
     if out_dir.exists():
         shutil.rmtree(out_dir)
     tmp.rename(out_dir)
     final = OnnxModel(out_dir / "model.onnx", model.task, model.tokenizer, model.input_names, model.source)
-    return ExportResult(final, used, opset, parity, out_dir / ort_path.name if ort_path else None)
+    return ExportResult(final, used, opset, parity, out_dir / ort_path.name if ort_path else None, shape, shape_source)
 
 
 def default_check_batches(model: TorchModel) -> list[dict]:
     """Real inputs for parity when none are given: sample sentences, or sklearn digits test images."""
     from compress.data import Examples, iter_batches, load_examples, sample_texts
 
-    if model.task in ("text-classification", "feature-extraction"):
-        examples = Examples(texts=sample_texts())
-    else:
+    if model.takes_tokens:
+        return list(iter_batches(model, Examples(texts=sample_texts()), batch_size=4))
+    shape, _ = model.example_shape()
+    if int(np.prod(shape)) == 64:  # the digits' 8x8 pixels fit this shape: check on real images
         examples = load_examples("builtin:digits", split="test", limit=64)
-        examples.labels = None
-    return list(iter_batches(model, examples, batch_size=4))
+        inputs = examples.inputs.reshape(len(examples.inputs), *shape)
+    else:  # no real data of this shape at hand: seeded standard-normal inputs
+        inputs = np.random.default_rng(0).standard_normal((16, *shape)).astype(np.float32)
+    return list(iter_batches(model, Examples(inputs=inputs), batch_size=4))
 
 
 def check_parity(reference: TorchModel, onnx_model: OnnxModel, batches: list[dict]) -> Parity:
@@ -148,6 +160,8 @@ class _FirstOutput:
             def forward(self, *args):
                 if not model.is_hf:
                     return self.inner(*args)
+                if not model.takes_tokens:  # vision: one pixel tensor
+                    return self.inner(pixel_values=args[0], return_dict=False)[0]
                 return self.inner(**dict(zip(names, args, strict=True)), return_dict=False)[0]
 
         return Wrapper().eval()
@@ -162,14 +176,15 @@ def _export_graph(model: TorchModel, path: Path, batch: dict, opset: int, export
             _EXPORT_FNS[name](model, path, batch, opset)
             return name
         except Exception as e:  # exporters raise many types; keep the first line of each for the message
-            log.warning("%s exporter failed: %s", name, str(e).splitlines()[0] if str(e) else type(e).__name__)
-            errors.append(f"{name}: {type(e).__name__}: {(str(e).splitlines() or [''])[0][:160]}")
+            log.warning("%s exporter failed: %s", name, _ANSI.sub("", str(e)).splitlines()[0] if str(e) else type(e).__name__)
+            first = (_ANSI.sub("", str(e)).strip().splitlines() or [""])[0]  # dynamo colours its messages
+            errors.append(f"{name}: {type(e).__name__}: {first[:160]}")
             path.unlink(missing_ok=True)
     raise CompressError(f"ONNX export failed ({'; '.join(errors)})", "try another --exporter or --opset")
 
 
 def _axes(model: TorchModel) -> dict:
-    if model.is_hf:
+    if model.takes_tokens:
         return {n: {0: "batch", 1: "sequence"} for n in model.input_names}
     return {"inputs": {0: "batch"}}
 
@@ -197,7 +212,7 @@ def _export_dynamo(model: TorchModel, path: Path, batch: dict, opset: int) -> No
 
     args = tuple(batch[n] for n in model.input_names)
     batch_dim = Dim("batch", min=1, max=4096)
-    if model.is_hf:
+    if model.takes_tokens:
         seq = Dim("sequence", min=2, max=getattr(model.module.config, "max_position_embeddings", 512))
         shapes = tuple({0: batch_dim, 1: seq} for _ in args)
     else:
@@ -250,12 +265,14 @@ def _to_ort_format(onnx_path: Path) -> Path:
     return ort_path
 
 
-def _write_side_files(model: TorchModel, folder: Path, exporter: str, opset: int, optimize: str) -> None:
+def _write_side_files(model: TorchModel, folder: Path, exporter: str, opset: int, optimize: str,
+                      input_shape: tuple | None = None) -> None:
     """config.json + tokenizer (so optimum's ORTModelFor* loads the folder) and our manifest."""
     if model.is_hf:
         model.module.config.save_pretrained(folder)
         if model.tokenizer is not None:
             model.tokenizer.save_pretrained(folder)
-    manifest = {"format": 1, "task": model.task, "input_names": model.input_names, "exporter": exporter,
+    manifest_shape = {"input_shape": list(input_shape)} if input_shape else {}
+    manifest = {**manifest_shape, "format": 1, "task": model.task, "input_names": model.input_names, "exporter": exporter,
                 "opset": opset, "optimize": optimize, "builder": model.builder, "builder_kwargs": model.builder_kwargs}
     (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
