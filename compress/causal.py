@@ -128,7 +128,8 @@ class CausalRunner:
 
     def _past_len(self, past) -> int:
         if self.is_onnx:
-            return past[0].shape[2]
+            shape = past[0].shape() if callable(getattr(past[0], "shape", None)) else past[0].shape
+            return shape[2]
         return past.get_seq_length()
 
     def _torch(self, input_ids, attention_mask, positions, past):
@@ -143,7 +144,13 @@ class CausalRunner:
                 past_key_values=past, use_cache=True)
         return out.logits, out.past_key_values
 
-    def _ort(self, input_ids, attention_mask, positions, past):
+    def prefill_feed(self, batch_size: int, length: int) -> dict:
+        """An ONNX feed for a prompt of `length` tokens with an empty cache (for profiling node placement)."""
+        ids = np.full((batch_size, length), 1, np.int64)
+        mask = np.ones_like(ids)
+        return self._ort_feed(ids, mask, np.cumsum(mask, 1) - 1, None)
+
+    def _ort_feed(self, input_ids, attention_mask, positions, past) -> dict:
         feed = {"input_ids": input_ids.astype(np.int64), "attention_mask": attention_mask.astype(np.int64)}
         if self.has_position_ids:
             feed["position_ids"] = positions.astype(np.int64)
@@ -151,8 +158,35 @@ class CausalRunner:
             empty = np.zeros((input_ids.shape[0], self.kv_shape[0], 0, self.kv_shape[1]), self.past_dtype)
             past = [empty] * len(self.past_names)
         feed.update(zip(self.past_names, past, strict=True))
-        outputs = self.session.run(self.output_names, feed)
+        return feed
+
+    def _ort(self, input_ids, attention_mask, positions, past):
+        if self.device == "cuda":
+            return self._ort_cuda(input_ids, attention_mask, positions, past)
+        outputs = self.session.run(self.output_names, self._ort_feed(input_ids, attention_mask, positions, past))
         return outputs[0], outputs[1:]
+
+    def _ort_cuda(self, input_ids, attention_mask, positions, past):
+        """IOBinding: the cache stays on the GPU between steps (OrtValues); only the logits come back to the host."""
+        import onnxruntime as ort
+
+        binding = self.session.io_binding()
+        host = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if self.has_position_ids:
+            host["position_ids"] = positions
+        for name, value in host.items():
+            binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(value.astype(np.int64), "cuda", 0))
+        if past is None:
+            empty = np.zeros((input_ids.shape[0], self.kv_shape[0], 0, self.kv_shape[1]), self.past_dtype)
+            past = [ort.OrtValue.ortvalue_from_numpy(empty, "cuda", 0) for _ in self.past_names]
+        for name, value in zip(self.past_names, past, strict=True):
+            binding.bind_ortvalue_input(name, value)
+        binding.bind_output(self.output_names[0], "cpu")
+        for name in self.output_names[1:]:
+            binding.bind_output(name, "cuda")
+        self.session.run_with_iobinding(binding)
+        outputs = binding.get_outputs()
+        return outputs[0].numpy(), outputs[1:]
 
 
 def left_pad(sequences: list[list[int]], pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -23,8 +23,10 @@ from typing import Any
 
 import numpy as np
 
+from compress.causal import CAUSAL_TASK, is_causal
 from compress.errors import CompressError
 from compress.recipe import MODEL_REF, TEACHER_REF, Recipe, plan, recipe_dict
+from compress.text_data import PROMPTS
 
 log = logging.getLogger(__name__)
 
@@ -245,9 +247,14 @@ class Runner:
         if cached_json.exists() and cached_npz.exists():
             arrays = np.load(cached_npz)
             return {**json.loads(cached_json.read_text()), "logits": arrays["logits"]}
+        causal_json = folder / f"eval-causal-{digest({'key': key, 'block': [ev.block_size, ev.max_blocks, ev.new_tokens]})}.json"
+        if causal_json.exists():
+            return json.loads(causal_json.read_text())
         from compress.data import iter_batches
 
         model = self.load(entry["ref"])
+        if is_causal(model):
+            return self._evaluate_causal(entry, model, causal_json)
         examples = self.examples("eval")
         logits, labels = predict(model, iter_batches(model, examples, ev.batch_size, ev.max_length), threads=ev.threads)
         facts = {"metrics": score(logits, labels, examples.num_labels), "size": jsonable(model_size(model)),
@@ -256,6 +263,41 @@ class Runner:
         _write_atomic(cached_npz, lambda p: np.savez(p, logits=logits), suffix=".npz")
         _write_atomic(cached_json, lambda p: p.write_text(json.dumps(facts, indent=2)))
         return {**facts, "logits": logits}
+
+
+    def _evaluate_causal(self, entry: dict, model, cached: Path) -> dict:
+        """Perplexity on `data.eval` blocks, KL / top-1 / greedy agreement with the teacher (the teacher's own
+        greedy tokens are computed once, in its evaluation, and reused for every stage)."""
+        from compress.evaluation.perplexity import evaluate_causal
+        from compress.evaluation.size import model_size
+        from compress.text_data import pack_blocks, prompt_ids
+
+        ev = self.recipe.eval
+        examples = self.examples("eval")
+        blocks = pack_blocks(model.tokenizer, list(examples.texts), ev.block_size, ev.max_blocks)
+        is_teacher = entry is self._entries[0] if getattr(self, "_entries", None) else entry["ref"] == TEACHER_REF
+        reference = None if is_teacher else self._causal_teacher()
+        metrics = evaluate_causal(model, blocks, reference=reference, prompts=prompt_ids(model.tokenizer),
+                                  max_new_tokens=ev.new_tokens, threads=ev.threads,
+                                  reference_generations=getattr(self, "_teacher_generations", None))
+        if is_teacher:
+            self._teacher_generations = metrics["generations"]
+            metrics.update({"kl": 0.0, "top1_agreement": 1.0, "greedy_prefix": float(ev.new_tokens),
+                            "greedy_agreement": 1.0})
+        facts = {"metrics": metrics, "size": jsonable(model_size(model)), "kind": model.kind,
+                 "source": self.source(entry["ref"]), "causal": True}
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        _write_atomic(cached, lambda p: p.write_text(json.dumps(facts, indent=2)))
+        return facts
+
+    def _causal_teacher(self):
+        if getattr(self, "_teacher_model", None) is None:
+            ref = self._entries[0]["ref"] if getattr(self, "_entries", None) else TEACHER_REF
+            self._teacher_model = self.load(ref)
+            if getattr(self, "_teacher_generations", None) is None:
+                teacher_eval = self.evaluate(self._entries[0])
+                self._teacher_generations = teacher_eval["metrics"].get("generations")
+        return self._teacher_model
 
 
 def _write_atomic(path: Path, write: Callable[[Path], None], suffix: str = "") -> None:
@@ -296,12 +338,13 @@ def _run_locked(runner: Runner, recipe: Recipe, fresh: bool) -> dict:
         torch.set_num_threads(recipe.eval.threads)
     runner.run_stages()
     entries = runner.entries()
+    runner._entries = entries
     emit = runner.emit
     evals = []
     for i, entry in enumerate(entries):
         emit("eval", name=entry["name"], index=i, total=len(entries))
         evals.append(runner.evaluate(entry))
-    teacher_logits = evals[0]["logits"]
+    teacher_logits = evals[0].get("logits")
     spec = recipe.eval.latency
     timing: dict = {"results": [], "environment": None}
     if spec is not None:
@@ -313,7 +356,9 @@ def _run_locked(runner: Runner, recipe: Recipe, fresh: bool) -> dict:
         record = entry["record"] or {}
         size = ev["size"]
         rows = [{k: r[k] for k in ("device", "backend", "batch_size", "seq_len", "p50_ms", "p90_ms", "p99_ms",
-                                   "throughput_per_s", "threads") if k in r}
+                                   "throughput_per_s", "threads", "decode_tokens_per_s", "prefill_tokens_per_s",
+                                   "ttft_ms", "ttft_p90_ms", "peak_rss_mb", "peak_gpu_mb", "new_tokens",
+                                   "providers", "nodes_per_provider") if k in r}
                 for r in timing["results"] if r["model"] == entry["name"]]
         stage = recipe.stage(entry["name"]) if record else None
         stages.append({
@@ -323,7 +368,9 @@ def _run_locked(runner: Runner, recipe: Recipe, fresh: bool) -> dict:
             "seconds": record.get("seconds"), "cached": entry["name"] in runner.reused, "pass_metrics": record.get("metrics", {}), "kind": ev["kind"],
             "backend": "onnxruntime" if ev["kind"] == "onnx" else "pytorch", "path": ev["source"],
             "accuracy": ev["metrics"].get("accuracy"), "metrics": ev["metrics"],
-            "agreement": agreement(ev["logits"], teacher_logits),
+            "agreement": agreement(ev["logits"], teacher_logits) if not ev.get("causal") else {
+                k: ev["metrics"].get(k) for k in ("kl", "top1_agreement", "greedy_prefix", "greedy_agreement")},
+            **({"task": CAUSAL_TASK, "perplexity": ev["metrics"]["perplexity"]} if ev.get("causal") else {}),
             "size_mb": round(size["size_mb"], 3), "zipped_mb": round(size["zipped_mb"], 3), "params": size["params"],
             "nonzero_fraction": round(size["nonzero_fraction"], 4), "latency": rows,
         })
@@ -342,7 +389,9 @@ def _run_locked(runner: Runner, recipe: Recipe, fresh: bool) -> dict:
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "environment": environment_info,
         "eval": {"data": recipe.data.spec("eval").model_dump(), "examples": len(runner.examples("eval")),
-                 "batch_size": recipe.eval.batch_size, "max_length": recipe.eval.max_length},
+                 "batch_size": recipe.eval.batch_size, "max_length": recipe.eval.max_length,
+                 **({"task": CAUSAL_TASK, "block_size": recipe.eval.block_size, "max_blocks": recipe.eval.max_blocks,
+                     "new_tokens": recipe.eval.new_tokens, "prompts": len(PROMPTS)} if evals[0].get("causal") else {})},
         "latency_spec": timing.get("spec"), "primary": primary.model_dump() if primary else None,
         "goals": recipe.goals.model_dump() if recipe.goals else None,
         "teacher": entries[0]["name"], "baselines": list(recipe.baselines),

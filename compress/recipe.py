@@ -102,6 +102,9 @@ class EvalConfig(_Strict):
     batch_size: int = Field(64, ge=1, description="Batch size of the accuracy evaluation.")
     max_length: int = Field(128, ge=2, description="Token truncation length of the accuracy evaluation.")
     threads: int | None = Field(None, ge=1, description="Threads of the accuracy evaluation (default: all).")
+    block_size: int = Field(128, ge=2, description="Causal LMs: tokens per held-out block for perplexity and KL.")
+    max_blocks: int = Field(32, ge=1, description="Causal LMs: blocks of `data.eval` scored per stage.")
+    new_tokens: int = Field(32, ge=1, description="Causal LMs: greedy tokens per prompt for generation agreement.")
     latency: BenchSpec | None = Field(default_factory=BenchSpec,
                                       description="Latency protocol (`compress bench` options); null skips timing.")
     primary: Shape | None = Field(None, description="Headline shape for speedups and goals; default: the first "
@@ -119,6 +122,8 @@ class Goals(_Strict):
 
     max_accuracy_drop: float | None = Field(None, ge=0, le=1, description="Largest accepted drop in accuracy "
                                             "versus the teacher, as a fraction (0.01 = 1 point).")
+    max_perplexity_increase: float | None = Field(None, ge=0, description="Causal LMs: largest accepted relative "
+                                                  "perplexity increase versus the teacher (0.03 = +3%).")
     min_speedup: float | None = Field(None, gt=0, description="Smallest accepted speedup (reference p50 / stage "
                                       "p50 at the primary shape).")
     speedup_vs: str = Field(TEACHER_REF, description="Stage whose latency is the speedup reference (default: the teacher).")
@@ -163,7 +168,7 @@ class Recipe(_Strict):
     description: str | None = Field(None, description="What the recipe tries and what it should reach.")
     model: str = Field(description="Base model, the input of the first stage: anything `load_model` takes "
                                    "(`minilm`, an HF folder or hub id, `builder:digits-cnn`, a .onnx file...).")
-    task: Literal["text-classification", "feature-extraction", "image-classification"] | None = Field(
+    task: Literal["text-classification", "feature-extraction", "image-classification", "text-generation"] | None = Field(
         None, description="Task (default: from the model).")
     num_labels: int | None = Field(None, ge=2, description="Classes of a new classification head.")
     trust_remote_code: bool = Field(False, description="Allow custom modelling code from the hub.")
@@ -321,11 +326,13 @@ def parse_recipe(data: Any, where: str = "recipe") -> Recipe:
         return Recipe.model_validate(data)
     except ValidationError as e:
         raise CompressError(format_error(e, where)) from None
+    except (TypeError, RuntimeError, OSError, RecursionError) as e:  # e.g. a path like '~nosuchuser/x'
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise CompressError(f"{where}: not a usable recipe ({type(e).__name__}: {first})", "fix the recipe") from None
 
 
 def load_recipe(path: str | Path) -> Recipe:
     """Read and validate a recipe YAML file; any problem raises CompressError naming the YAML path."""
-    import yaml
 
     path = Path(path)
     if not path.is_file():
@@ -374,8 +381,9 @@ def safe_yaml(text: str, where: str = "recipe") -> Any:
             super().__init__(problem)
             self.problem, self.problem_mark = problem, mark
 
-    loader = BoundedLoader(text)
+    loader = None
     try:
+        loader = BoundedLoader(text)  # the reader rejects unprintable characters already here
         return loader.get_single_data()
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
@@ -385,7 +393,8 @@ def safe_yaml(text: str, where: str = "recipe") -> Any:
     except (RecursionError, MemoryError, ValueError, TypeError, OverflowError) as e:
         raise CompressError(f"{where}: not a usable YAML recipe ({type(e).__name__})", "fix the YAML") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def recipe_dict(recipe: Recipe) -> dict:

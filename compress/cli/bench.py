@@ -22,6 +22,7 @@ def bench(
     iters: Annotated[int, typer.Option(min=1, help="Timed runs per shape.")] = 60,
     rounds: Annotated[int, typer.Option(min=1, help="Round-robin rounds across models.")] = 3,
     isolate: Annotated[bool, typer.Option(help="One worker process per model (recommended).")] = True,
+    new_tokens: Annotated[int, typer.Option(min=1, help="Causal LMs: greedy tokens decoded after each prompt (-s = prompt length).")] = 32,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the results and environment here.")] = None,
     task: TaskOpt = None, num_labels: NumLabelsOpt = None,
 ) -> None:
@@ -41,7 +42,7 @@ def bench(
     if bad:
         raise CompressError(f"unknown device '{bad[0]}'", "use --device cpu or --device cuda")
     spec = BenchSpec(batch_sizes=batch_size, seq_lens=seq_len, devices=device, threads=threads, warmup=warmup,
-                     iters=iters, rounds=rounds, isolate=isolate)
+                     iters=iters, rounds=rounds, isolate=isolate, new_tokens=new_tokens)
     load_kwargs = {k: v for k, v in {"task": task, "num_labels": num_labels}.items() if v is not None}
     with Progress(console=console, transient=True) as progress:
         bar = progress.add_task("timing", total=None)
@@ -50,14 +51,29 @@ def bench(
     env = result["environment"]
     console.print(f"[dim]{env['cpu']} | flags {','.join(env['cpu_flags']) or '-'} | threads {env['threads']} | "
                   + " ".join(f"{k} {v}" for k, v in env["versions"].items()) + (f" | GPU {env['gpu']}" if "gpu" in env else "") + "[/]")
-    table = Table("model", "backend", "device", "provider nodes", "batch", "seq", "p50 ms", "p90 ms", "p99 ms", "samples/s")
-    for r in result["results"]:
-        nodes = ", ".join(f"{k.replace('ExecutionProvider', '')}:{v}" for k, v in r["nodes_per_provider"].items()) or "-"
-        table.add_row(r["model"], r["backend"], r["device"], nodes, str(r["batch_size"]), str(r["seq_len"]),
-                      f"{r['p50_ms']:.2f}", f"{r['p90_ms']:.2f}", f"{r['p99_ms']:.2f}", f"{r['throughput_per_s']:.1f}")
-    console.print(table)
+    causal = [r for r in result["results"] if "decode_tokens_per_s" in r]
+    plain = [r for r in result["results"] if "decode_tokens_per_s" not in r]
+    if plain:
+        table = Table("model", "backend", "device", "provider nodes", "batch", "seq", "p50 ms", "p90 ms", "p99 ms", "samples/s")
+        for r in plain:
+            table.add_row(r["model"], r["backend"], r["device"], _nodes(r), str(r["batch_size"]), str(r["seq_len"]),
+                          f"{r['p50_ms']:.2f}", f"{r['p90_ms']:.2f}", f"{r['p99_ms']:.2f}", f"{r['throughput_per_s']:.1f}")
+        console.print(table)
+    if causal:
+        table = Table("model", "backend", "device", "provider nodes", "batch", "prompt", "prefill tok/s", "TTFT ms",
+                      "decode tok/s", "ms/token p50", "p90", "peak RSS MB",
+                      title=f"causal LM: prefill of the prompt, then {causal[0]['new_tokens']} greedy tokens with the KV cache")
+        for r in causal:
+            table.add_row(r["model"], r["backend"], r["device"], _nodes(r), str(r["batch_size"]), str(r["seq_len"]),
+                          f"{r['prefill_tokens_per_s']:.0f}", f"{r['ttft_ms']:.1f}", f"{r['decode_tokens_per_s']:.1f}",
+                          f"{r['p50_ms']:.2f}", f"{r['p90_ms']:.2f}", f"{r.get('peak_rss_mb', 0):.0f}")
+        console.print(table)
     for r in result["results"]:
         if "warning" in r:
             console.print(f"[yellow]warning[/]: {r['model']}: {r['warning']}")
     if json_out:
         json_out.write_text(json.dumps(result, indent=2))
+
+
+def _nodes(row: dict) -> str:
+    return ", ".join(f"{k.replace('ExecutionProvider', '')}:{v}" for k, v in row["nodes_per_provider"].items()) or "-"

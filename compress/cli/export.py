@@ -30,11 +30,11 @@ from compress.cli.app import (
 def export(
     model: ModelArg,
     output: Annotated[Path, typer.Option("--output", "-o", help="Output folder (model.onnx + config + tokenizer).")],
-    opset: Annotated[int, typer.Option(min=11, max=23, help="ONNX opset.")] = 17,
+    opset: Annotated[int | None, typer.Option(min=11, max=23, help="ONNX opset (default: 17; causal LMs: optimum's choice).")] = None,
     exporter: Annotated[str, typer.Option(help="auto (torchscript, then dynamo), torchscript or dynamo.")] = "auto",
     optimize: Annotated[str, typer.Option(help="none, ort (ORT offline graph optimization) or transformer (fused BERT kernels).")] = "none",
     ort_format: Annotated[bool, typer.Option("--ort-format", help="Also write model.ort.")] = False,
-    atol: Annotated[float, typer.Option(min=0.0, help="Parity tolerance on max |Δlogits|.")] = 1e-4,
+    atol: Annotated[float | None, typer.Option(min=0.0, help="Parity tolerance on max |Δlogits| (default 1e-4; causal LMs 1e-3).")] = None,
     data: DataOpt = None, split: SplitOpt = None, text_field: TextFieldOpt = "text",
     text_pair_field: TextPairFieldOpt = None,
     limit: LimitOpt = 64,
@@ -48,15 +48,37 @@ def export(
 
     guard_output(output, [model, data, arch])
     loaded = load_model_from_options(model, task, num_labels, arch, allow_pickle, trust_remote_code)
+    from compress.causal import is_causal
+
+    if is_causal(loaded):
+        return _causal(loaded, output, data, split, text_field, limit, opset, atol)
     batches = None
     if data:
         examples = load_examples(data_spec(data, split, text_field, text_pair_field, limit=limit))
         batches = list(iter_batches(loaded, examples, batch_size=16))
-    result = export_onnx(loaded, output, check_batches=batches, opset=opset, exporter=exporter, optimize=optimize,
-                         ort_format=ort_format, atol=atol)
+    result = export_onnx(loaded, output, check_batches=batches, opset=opset or 17, exporter=exporter,
+                         optimize=optimize, ort_format=ort_format, atol=1e-4 if atol is None else atol)
     p = result.parity
     console.print(f"exported with the [bold]{result.exporter}[/] exporter (opset {result.opset}) to {result.model.path}")
     console.print(f"parity on {p.examples} real inputs: max |Δlogits| {p.max_abs_diff:.2e}, "
                   f"argmax agreement {p.argmax_agreement:.1%}")
     if result.ort_path:
         console.print(f"ORT format: {result.ort_path}")
+
+
+def _causal(loaded, output, data, split, text_field, limit, opset, atol) -> None:
+    """Decoders: optimum's KV-cache export, logits and greedy-decode parity."""
+    from compress.export.causal import export_causal
+
+    texts = None
+    if data:
+        from compress.text_data import TextSource, load_texts
+
+        texts = load_texts(TextSource(data, split=split, text_field=text_field))[: limit or None]
+    with console.status("exporting with the KV cache, then checking logits and greedy decoding against PyTorch"):
+        result = export_causal(loaded, output, texts=texts, opset=opset, atol=1e-3 if atol is None else atol)
+    p = result.parity
+    console.print(f"exported with [bold]{result.exporter}[/] (opset {result.opset}) to {result.model.path} "
+                  f"in {result.seconds:.0f} s")
+    console.print(f"parity: max |Δlogits| {p.max_abs_diff:.2e} on {p.blocks} blocks of {p.block_size} tokens; greedy "
+                  f"decode of {p.greedy_new_tokens} tokens identical on {p.greedy_identical}/{p.greedy_prompts} prompts")

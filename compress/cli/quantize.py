@@ -31,7 +31,12 @@ from compress.cli.app import (
 def quantize(
     model: ModelArg,
     output: Annotated[Path, typer.Option("--output", "-o", help="Output folder (model.onnx + quantization.json + config/tokenizer).")],
-    mode: Annotated[str, typer.Option(help="dynamic (CPU, default), static (calibrated QDQ) or fp16 (CUDA).")] = "dynamic",
+    mode: Annotated[str, typer.Option(help="dynamic (CPU, default), static (calibrated QDQ), fp16 (CUDA) or int4 (causal LMs, weight-only).")] = "dynamic",
+    block_size: Annotated[int, typer.Option(help="int4: block size along the input dimension (16-256).")] = 32,
+    symmetric: Annotated[bool, typer.Option(help="int4: symmetric blocks (no zero point).")] = False,
+    accuracy_level: Annotated[int, typer.Option(min=0, max=4, help="int4: MatMulNBits compute (4 = int8, fastest on CPU; 0 = unset).")] = 4,
+    head: Annotated[str, typer.Option(help="Causal LMs: lm_head precision: int8 (default), fp32 or int4.")] = "int8",
+    budget_metric: Annotated[str, typer.Option(help="Causal LMs: --max-drop bounds perplexity (relative increase) or kl.")] = "perplexity",
     per_channel: Annotated[bool, typer.Option(help="One weight scale per output channel.")] = True,
     weight_type: Annotated[str, typer.Option(help="auto, qint8 or quint8.")] = "auto",
     reduce_range: Annotated[bool | None, typer.Option(help="7-bit weights (default: on without VNNI).")] = None,
@@ -79,10 +84,23 @@ def quantize(
                                 calibration_method=calibration_method, percentile=percentile,
                                 calibration_samples=calibration_samples, op_types=op_types or None,
                                 exclude=exclude or [], optimize=optimize, max_drop=max_drop, sensitivity=sensitivity,
-                                granularity=granularity, eval_samples=eval_limit, device=device, ort_format=ort_format)
+                                granularity=granularity, eval_samples=eval_limit, device=device, ort_format=ort_format,
+                                block_size=block_size, symmetric=symmetric, accuracy_level=accuracy_level or None,
+                                head=head, budget_metric=budget_metric)
     except ValidationError as e:
         err = e.errors()[0]
         raise CompressError(f"--{'-'.join(map(str, err['loc'])).replace('_', '-')}: {err['msg']}", "see compress quantize --help") from None
+    from compress.causal import is_causal
+
+    if is_causal(loaded):
+        texts = None
+        if eval_data:
+            from compress.text_data import TextSource, load_texts
+
+            texts = load_texts(TextSource(eval_data, split=eval_split, text_field=text_field))
+        return _causal(loaded, output, cfg, texts, json_out)
+    if cfg.mode == "int4":
+        raise CompressError("--mode int4 (weight-only MatMulNBits) is for causal LMs", "use --mode dynamic for this model")
     calibration = None
     if calibration_data:
         calibration = load_examples(data_spec(calibration_data, calibration_split, limit=calibration_samples, **fields)
@@ -159,6 +177,39 @@ def _render(result, output: Path) -> None:
         console.print(excl)
     for w in result.warnings:
         err_console.print(f"[yellow]warning:[/] {w}")
+
+
+def _causal(loaded, output: Path, cfg, texts, json_out) -> None:
+    from rich.table import Table
+
+    from compress.quantization_causal import quantize_causal
+
+    with console.status("quantizing (a causal LM is exported first, with the KV-cache parity check)"):
+        result = quantize_causal(loaded, output, cfg, eval_texts=texts)
+    m, s = result.metrics, result.settings["resolved"]
+    table = Table("", "value", title=f"quantized -> {output}")
+    table.add_row("mode", f"{s['mode']} ({s['format']}), lm_head {s['head']}")
+    if s["mode"] == "int4":
+        table.add_row("int4", f"block {s['block_size']}, {'symmetric' if s['symmetric'] else 'asymmetric'}, "
+                      f"accuracy_level {s['accuracy_level']}")
+    else:
+        table.add_row("types", f"weights qint8, per-channel {s['per_channel']}, reduce_range {s['reduce_range']}")
+    table.add_row("quantized MatMuls", f"{m['quantized_matmuls']} (float: {m['float_matmuls']})")
+    table.add_row("size", f"{m['size_fp32_mb']:.1f} MB -> {m['size_mb']:.1f} MB ({m['size_ratio']:.2f}x)")
+    if "perplexity" in m:
+        table.add_row("perplexity", f"fp32 {m['perplexity_fp32']:.3f} -> {m['perplexity']:.3f} (KL {m['kl']:.4f}); "
+                      f"budget {m['budget_metric']} {m['max_drop']} {'met' if m['budget_met'] else 'NOT met'}")
+    table.add_row("time", f"{m['seconds']:.1f} s")
+    console.print(table)
+    if m.get("sensitivity"):
+        sens = Table("rank", "unit", "perplexity", "ppl +%", "KL", title="sensitivity (only the unit quantized)")
+        for r in m["sensitivity"]:
+            sens.add_row(str(r["rank"]), r["unit"], f"{r['perplexity']:.3f}", f"{100 * r['ppl_increase']:+.2f}", f"{r['kl']:.2e}")
+        console.print(sens)
+    for w in result.warnings:
+        err_console.print(f"[yellow]warning:[/] {w}")
+    if json_out:
+        json_out.write_text(json.dumps(result.metrics, indent=2, default=float))
 
 
 def _torch(loaded, output: Path, exclude: list[str], json_out) -> None:

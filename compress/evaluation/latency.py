@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from compress.causal import CAUSAL_TASK, CausalRunner, is_causal
 from compress.errors import CompressError
 
 
@@ -37,6 +38,10 @@ class BenchSpec(BaseModel):
     iters: int = Field(60, ge=1, description="Timed runs per shape in total (split across rounds).")
     rounds: int = Field(3, ge=1, description="Round-robin rounds across models (interleaving evens out drift).")
     isolate: bool = Field(True, description="One worker process per model (recommended); False runs in-process.")
+    new_tokens: int = Field(32, ge=1, description="Causal LMs: greedy tokens decoded after each prompt (seq_lens are "
+                                                  "prompt lengths).")
+    causal_iters_per_round: int = Field(3, ge=1, description="Causal LMs: timed generations per shape and round.")
+    causal_warmup: int = Field(1, ge=0, description="Causal LMs: untimed generations before the first round.")
 
 
 def physical_cores() -> int:
@@ -52,6 +57,20 @@ def percentiles(times_ms: list[float], batch_size: int) -> dict:
     return {"p50_ms": round(p50, 3), "p90_ms": round(float(np.percentile(t, 90)), 3),
             "p99_ms": round(float(np.percentile(t, 99)), 3), "mean_ms": round(float(t.mean()), 3),
             "throughput_per_s": round(1000.0 * batch_size / p50, 2), "runs": int(len(t))}
+
+
+def causal_figures(samples: dict, batch_size: int, prompt_len: int, new_tokens: int) -> dict:
+    """Decoder figures from per-iteration samples. `p50_ms` is the median decode step (ms per generated token
+    at this batch), so speedups of causal stages are decode speedups."""
+    prefill, decode = np.asarray(samples["prefill_ms"]), np.asarray(samples["decode_ms"])
+    p50_decode, p50_prefill = float(np.percentile(decode, 50)), float(np.percentile(prefill, 50))
+    return {"p50_ms": round(p50_decode, 3), "p90_ms": round(float(np.percentile(decode, 90)), 3),
+            "p99_ms": round(float(np.percentile(decode, 99)), 3), "mean_ms": round(float(decode.mean()), 3),
+            "decode_tokens_per_s": round(1000.0 * batch_size / p50_decode, 2),
+            "prefill_tokens_per_s": round(1000.0 * batch_size * prompt_len / p50_prefill, 1),
+            "ttft_ms": round(p50_prefill, 2), "ttft_p90_ms": round(float(np.percentile(prefill, 90)), 2),
+            "throughput_per_s": round(1000.0 * batch_size / p50_decode, 2), "new_tokens": new_tokens,
+            "runs": int(len(decode))}
 
 
 def time_runs(fn: Callable[[], object], warmup: int, iters: int, sync: Callable[[], None] = lambda: None) -> list[float]:
@@ -102,6 +121,14 @@ def environment(threads: int) -> dict:
 # --- workers -------------------------------------------------------------------------------------------------
 
 
+def _sync(device: str, is_onnx: bool) -> Callable[[], None]:
+    if device == "cuda" and not is_onnx:
+        import torch
+
+        return torch.cuda.synchronize
+    return lambda: None  # ORT's run returns when its outputs are ready (IOBinding outputs are synchronized)
+
+
 class _LocalWorker:
     """Times one model in this process (used when isolate=False and by the worker process itself)."""
 
@@ -115,8 +142,14 @@ class _LocalWorker:
         self.model = load_model(source, **(load_kwargs or {}))
         self.device = device
         self.is_onnx = isinstance(self.model, OnnxModel)
-        self.info: dict = {"backend": "onnxruntime" if self.is_onnx else "pytorch", "device": device}
-        if self.is_onnx:
+        self.causal = is_causal(self.model)
+        self.info: dict = {"backend": "onnxruntime" if self.is_onnx else "pytorch", "device": device,
+                           "task": self.model.task}
+        if self.causal:  # decoders are timed through the same runner that scores them
+            self.runner = CausalRunner(self.model, device=device, threads=threads)
+            self.session = getattr(self.runner, "session", None)
+            self.info["providers"] = self.session.get_providers() if self.is_onnx else [f"torch-{device}"]
+        elif self.is_onnx:
             from compress.export.ort import make_session
 
             self.session = make_session(self.model.path, device=device, threads=threads)
@@ -179,10 +212,56 @@ class _LocalWorker:
             binding.bind_output(out.name, "cuda")
         return (lambda: self.session.run_with_iobinding(binding)), binding.synchronize_outputs
 
+    def run_causal(self, batch_size: int, prompt_len: int, warmup: int, iters: int, new_tokens: int) -> dict:
+        """Generation timed as users run it: prefill a prompt of real-vocabulary tokens (time to first token), then
+        `new_tokens` greedy decode steps with the KV cache. Per iteration: prefill ms and decode ms per step."""
+        import numpy as np
+
+        self.runner.check_length(prompt_len + new_tokens + 1)
+        vocab = len(self.model.tokenizer) if self.model.tokenizer is not None else 1000
+        rng = np.random.default_rng(0)
+        ids = rng.integers(min(100, vocab // 2), vocab, (batch_size, prompt_len)).astype(np.int64)
+        sync = _sync(self.device, self.is_onnx)
+        prefill, decode = [], []
+        for i in range(warmup + iters):
+            mask = np.ones((batch_size, prompt_len), np.int64)
+            start = time.perf_counter()
+            token, past = self.runner.next_tokens(ids, mask)
+            sync()
+            first = time.perf_counter()
+            for _ in range(new_tokens):
+                mask = np.concatenate([mask, np.ones((batch_size, 1), np.int64)], 1)
+                token, past = self.runner.next_tokens(token[:, None], mask, past)
+            sync()
+            end = time.perf_counter()
+            if i >= warmup:
+                prefill.append((first - start) * 1000.0)
+                decode.append((end - first) * 1000.0 / new_tokens)
+        return {"prefill_ms": prefill, "decode_ms": decode}
+
+    def peak_memory(self) -> dict:
+        """Peak resident memory of this worker process (model load included), in MB."""
+        import resource
+
+        out = {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+        if self.device == "cuda" and not self.is_onnx:
+            import torch
+
+            out["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        return out
+
     def placement(self, batch_size: int, seq_len: int) -> dict:
         """Nodes per execution provider, from one profiled run (ONNX only)."""
         if not self.is_onnx:
             return {}
+        if self.causal:
+            import tempfile
+
+            from compress.export.ort import make_session, nodes_per_provider
+
+            with tempfile.TemporaryDirectory() as tmp:
+                session = make_session(self.model.path, device=self.device, profile_dir=tmp, threads=1)
+                return nodes_per_provider(session, self.runner.prefill_feed(batch_size, min(seq_len, 16)))
         import tempfile
 
         from compress.export.ort import make_session, nodes_per_provider
@@ -238,6 +317,12 @@ class _ProcessWorker:
     def placement(self, batch_size, seq_len):
         return self._ask({"op": "placement", "args": [batch_size, seq_len]})
 
+    def run_causal(self, batch_size, prompt_len, warmup, iters, new_tokens):
+        return self._ask({"op": "run_causal", "args": [batch_size, prompt_len, warmup, iters, new_tokens]})
+
+    def peak_memory(self):
+        return self._ask({"op": "peak_memory", "args": []})
+
     def close(self):
         try:
             self.proc.stdin.write(json.dumps({"op": "quit"}) + "\n")
@@ -283,16 +368,28 @@ def bench(models: list[str], spec: BenchSpec | None = None, *, labels: list[str]
                 for b, s in shapes:
                     for i, w in enumerate(workers):  # round-robin: every model gets a slice each round
                         warm = spec.warmup if rnd == 0 else max(1, spec.warmup // 5)
-                        times.setdefault((i, b, s), []).extend(w.run(b, s, warm, per_round))
+                        if w.info.get("task") == CAUSAL_TASK:
+                            got = w.run_causal(b, s, min(warm, spec.causal_warmup), spec.causal_iters_per_round,
+                                               spec.new_tokens)
+                            slot = times.setdefault((i, b, s), {"prefill_ms": [], "decode_ms": []})
+                            for key in slot:
+                                slot[key].extend(got[key])
+                        else:
+                            times.setdefault((i, b, s), []).extend(w.run(b, s, warm, per_round))
                         done += 1
                         if on_progress:
                             on_progress(done, total)
             for i, w in enumerate(workers):
                 placement = w.placement(spec.batch_sizes[0], spec.seq_lens[0])
+                memory = w.peak_memory() if w.info.get("task") == CAUSAL_TASK else {}
                 for b, s in shapes:
                     row = {"model": labels[i], "backend": w.info["backend"], "device": device,
                            "providers": w.info["providers"], "nodes_per_provider": placement,
-                           "batch_size": b, "seq_len": s, "threads": threads, **percentiles(times[(i, b, s)], b)}
+                           "batch_size": b, "seq_len": s, "threads": threads}
+                    if w.info.get("task") == CAUSAL_TASK:
+                        row.update(causal_figures(times[(i, b, s)], b, s, spec.new_tokens), **memory)
+                    else:
+                        row.update(percentiles(times[(i, b, s)], b))
                     if device == "cuda" and placement and set(placement) - {"CUDAExecutionProvider"}:
                         row["warning"] = f"nodes fell back off CUDA: {placement}"
                     results.append(row)

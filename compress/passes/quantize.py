@@ -7,16 +7,32 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from compress.causal import is_causal
+from compress.errors import CompressError
 from compress.passes.base import PassConfig, PassContext, PassResult, register_pass
 from compress.quantization import load_settings, quantize
+from compress.quantization_causal import quantize_causal
 
 
 class QuantizeOrtConfig(PassConfig):
     """Quantize with ONNX Runtime. Defaults are the measured transformer-safe choices (toolchain.md §4-5, §10)."""
     type: Literal["quantize_ort"] = "quantize_ort"
-    mode: Literal["dynamic", "static", "fp16"] = Field(
+    mode: Literal["dynamic", "static", "fp16", "int4"] = Field(
         "dynamic", description="dynamic: int8 weights, activations quantized at run time (best on CPU); "
-        "static: int8 QDQ with calibrated activation ranges (needs calibration data); fp16: for the CUDA provider.")
+        "static: int8 QDQ with calibrated activation ranges (needs calibration data); fp16: for the CUDA provider; "
+        "int4: weight-only 4-bit MatMulNBits (causal LMs).")
+    block_size: int = Field(32, description="int4: weights per quantization block along the input dimension "
+                                            "(16, 32, 64, 128 or 256).")
+    symmetric: bool = Field(False, description="int4: symmetric blocks (no zero point); asymmetric keeps a minimum.")
+    accuracy_level: int | None = Field(
+        4, ge=0, le=4, description="int4: MatMulNBits compute type: 4 = int8 compute (fastest on CPU), 1 = fp32, "
+        "0/None = unset.")
+    head: Literal["int8", "fp32", "int4"] = Field(
+        "int8", description="Causal LMs: precision of the output head (lm_head); int4 there makes small models repeat.")
+    budget_metric: Literal["perplexity", "kl"] = Field(
+        "perplexity", description="Causal LMs: what max_drop bounds: relative perplexity increase (0.03 = +3%) "
+        "or mean per-token KL to the fp32 model.")
+    block_tokens: int = Field(128, ge=8, description="Causal LMs: tokens per held-out block of the budget search.")
     per_channel: bool = Field(True, description="One weight scale per output channel (MiniLM cosine 0.99 vs 0.96).")
     weight_type: Literal["auto", "qint8", "quint8"] = Field("auto", description="Weight integer type; auto = qint8.")
     reduce_range: bool | None = Field(
@@ -48,6 +64,8 @@ class QuantizeOrtConfig(PassConfig):
     def _fp16_has_no_int8_options(self):
         if self.mode == "fp16" and self.max_drop is not None:
             raise ValueError("max_drop searches int8 sensitivity; it does not apply to mode fp16")
+        if self.block_size not in (16, 32, 64, 128, 256):
+            raise ValueError("block_size must be 16, 32, 64, 128 or 256")
         return self
 
 
@@ -60,6 +78,12 @@ def quantize_ort(model, cfg: QuantizeOrtConfig, ctx: PassContext) -> PassResult:
     accuracy_fp32, accuracy, drop, budget_met, sensitivity (rows per unit) and search (steps).
     """
 
+    if is_causal(model):
+        texts = ctx.data.eval.texts if cfg.max_drop is not None and ctx.data.eval is not None else None
+        result = quantize_causal(model, ctx.workdir / "quantized", cfg, eval_texts=texts, work_dir=ctx.workdir)
+        return PassResult(result.model, {**result.metrics, "warnings": result.warnings})
+    if cfg.mode == "int4":
+        raise CompressError("int4 weight-only quantization is for causal LMs", "use --mode dynamic for this model")
     result = quantize(model, ctx.workdir / "quantized", cfg, calibration=ctx.data.calibration,
                       eval_examples=ctx.data.eval if cfg.max_drop is not None else None, work_dir=ctx.workdir)
     return PassResult(result.model, {**result.metrics, "warnings": result.warnings})

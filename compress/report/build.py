@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import copy
 
+from compress.report import causal
+
 
 def primary_row(stage: dict, primary: dict | None) -> dict | None:
     """The latency row at the headline shape (device, batch size, sequence length), else the first row."""
@@ -37,6 +39,8 @@ def build(results: dict) -> dict:
     p50 / stage p50), `size_ratio` (teacher size / stage size), `pareto`, `verdicts` ({goal: True/False/None})
     and `meets_goals`; per latency row: `speedup_vs_teacher` (same device and shape, any backend).
     """
+    if causal.is_causal_results(results):
+        return causal.build(results)
     out = copy.deepcopy(results)
     stages = out["stages"]
     teacher = stages[0]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import base64
 import html
 
-from compress.report import render
+from compress.report import causal, render
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;color:#222;padding:0 1rem}
@@ -61,6 +61,8 @@ def report_html(results: dict, plots: list[tuple[str, str, bytes]]) -> str:
                  f'<code>{html.escape(str(data.get("split")))}</code> ({ev.get("examples", "?")} examples). '
                  f"p50 and speedup at {html.escape(render._shape(results))}, {render._threads(env)}. "
                  "Δ pt versus the teacher; ★ = best stage.</p>")
+    if causal.is_causal_results(results):
+        return _causal_html(results, plots)
     parts.append("<h2>Stages</h2>")
     best_rows = {i for i, s in enumerate(results["stages"]) if s["name"] == best}
     parts.append(_table(render.STAGE_COLUMNS, render.stage_rows(results), best_rows))
@@ -100,6 +102,52 @@ def report_html(results: dict, plots: list[tuple[str, str, bytes]]) -> str:
         parts.append(f"<p><b>{html.escape(s['name'])}</b>: {how}. {detail}<br><span class=small>config "
                      f"<code>{html.escape(render._compact(s.get('config')))}</code>; path <code>{html.escape(str(s.get('path')))}"
                      "</code></span></p>")
+    versions = ", ".join(f"{k} {v}" for k, v in (env.get("versions") or {}).items())
+    parts.append(f"<h2>Environment</h2><p class=small>{html.escape(str(env.get('cpu', '?')))} (flags: "
+                 f"{html.escape(', '.join(env.get('cpu_flags') or []) or '-')}), {render._threads(env)}, "
+                 f"Python {html.escape(str(env.get('python', '?')))}; {html.escape(versions)}. Created "
+                 f"{html.escape(str(results.get('created', '?')))}.</p>")
+    title = html.escape(f"compress report: {results['recipe']}")
+    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
+            f"<style>{CSS}</style></head><body>{''.join(parts)}<script>{SCRIPT}</script></body></html>\n")
+
+
+def _causal_html(results: dict, plots: list[tuple[str, str, bytes]]) -> str:
+    """The causal-LM page: the same sections as report.md (perplexity, agreement, decode speed, memory)."""
+    summary = results.get("summary") or {}
+    env = results.get("environment") or {}
+    best = summary.get("best")
+    parts = [f"<h1>Compression report: {html.escape(results['recipe'])}</h1>"]
+    if results.get("description"):
+        parts.append(f"<p>{_md_inline(results['description'])}</p>")
+    if summary.get("note"):
+        parts.append(f'<p class="note"><b>Result.</b> {_md_inline(summary["note"])}</p>')
+    parts.append(f'<p class="small">{_md_inline(causal.explanation(results))}</p>')
+    parts.append("<h2>Stages</h2>")
+    best_rows = {i for i, s in enumerate(results["stages"]) if s["name"] == best}
+    parts.append(_table(causal.STAGE_COLUMNS, causal.stage_rows(results), best_rows))
+    if summary.get("comparisons"):
+        parts.append("<h2>Best stage versus references</h2>")
+        parts.append(_table(causal.COMPARE_COLUMNS, causal.compare_rows(results)))
+    lines = causal.goal_lines(results)
+    if lines:
+        met = [s["name"] for s in results["stages"][1:] if s.get("meets_goals")]
+        parts.append("<h2>Goals</h2><ul>" + "".join(f"<li>{_md_inline(i)}</li>" for i in lines) + "</ul>"
+                     f"<p>Stages meeting every goal: {html.escape(', '.join(met) or 'none')}.</p>")
+    parts.append("<h2>Plots</h2>")
+    for _stem, title, png in plots:
+        data64 = base64.b64encode(png).decode()
+        parts.append(f'<figure><img alt="{html.escape(title)}" src="data:image/png;base64,{data64}">'
+                     f"<figcaption>{html.escape(title)}</figcaption></figure>")
+    parts.append("<h2>Latency and memory</h2>")
+    parts.append(_table(causal.LATENCY_COLUMNS, causal.latency_rows(results)))
+    gen = causal.generation_rows(results)
+    if gen:
+        parts.append("<h2>Greedy agreement per prompt</h2>")
+        parts.append(_table(["stage", "common prefix per prompt"], gen))
+    if results.get("pipeline"):
+        parts.append("<h2>Pipeline</h2>")
+        parts.append(_table(render.PIPELINE_COLUMNS, render.pipeline_rows(results)))
     versions = ", ".join(f"{k} {v}" for k, v in (env.get("versions") or {}).items())
     parts.append(f"<h2>Environment</h2><p class=small>{html.escape(str(env.get('cpu', '?')))} (flags: "
                  f"{html.escape(', '.join(env.get('cpu_flags') or []) or '-')}), {render._threads(env)}, "

@@ -66,6 +66,38 @@ def accuracy_vs_latency(results: dict) -> bytes | None:
     return _png(plt, fig)
 
 
+def perplexity_vs_decode(results: dict) -> bytes | None:
+    """Causal LMs: perplexity against decode tokens/s at the headline shape; the Pareto front as a step line
+    (up-left is worse: slower and higher perplexity)."""
+    points = [s for s in results["stages"] if s.get("perplexity") is not None and s.get("decode_tokens_per_s")]
+    if not points:
+        return None
+    plt, fig, ax = _figure()
+    for s in points:
+        ax.scatter(s["decode_tokens_per_s"], s["perplexity"], s=60, color=_color(results, s), zorder=3,
+                   edgecolors="black" if s.get("pareto") else "none")
+        ax.annotate(s["name"], (s["decode_tokens_per_s"], s["perplexity"]), textcoords="offset points",
+                    xytext=(6, 4), fontsize=8)
+    front = sorted((s["decode_tokens_per_s"], s["perplexity"]) for s in points if s.get("pareto"))
+    if len(front) > 1:
+        ax.step([p[0] for p in front], [p[1] for p in front], where="pre", color=COLORS["best"], linestyle="--",
+                linewidth=1, label="Pareto front", zorder=2)
+        ax.legend(loc="upper left", fontsize=8)
+    goals = results.get("goals") or {}
+    teacher = results["stages"][0]
+    if goals.get("max_perplexity_increase") is not None and teacher.get("perplexity"):
+        ax.axhline(teacher["perplexity"] * (1 + goals["max_perplexity_increase"]), color="grey", linestyle=":",
+                   linewidth=1)
+    shape = results.get("primary") or {}
+    ax.set_xlabel(f"decode tokens/s ({shape.get('device', '')} batch {shape.get('batch_size')}, prompt "
+                  f"{shape.get('seq_len')}, KV cache)")
+    ax.set_ylabel("perplexity (lower is better)")
+    ax.set_xscale("log")
+    ax.set_title("Perplexity vs decode speed (outlined: Pareto front)")
+    ax.grid(True, which="both", alpha=0.3)
+    return _png(plt, fig)
+
+
 def size_per_stage(results: dict) -> bytes | None:
     """Bars of size on disk (MB) per stage, with the zipped size (what unstructured sparsity saves) beside it."""
     stages = results["stages"]
@@ -90,6 +122,8 @@ def goals_chart(results: dict) -> bytes | None:
     goals = results.get("goals") or {}
     if goals.get("min_speedup") is None and goals.get("max_accuracy_drop") is None:
         return None
+    if any(s.get("perplexity") is not None for s in results["stages"]):
+        return None  # causal LMs: the perplexity-vs-decode plot carries the goal line
     stages = results["stages"][1:]
     if not stages:
         return None
@@ -225,7 +259,8 @@ def training_curves(results: dict) -> bytes | None:
 def all_plots(results: dict) -> list[tuple[str, str, bytes]]:
     """(file stem, title, PNG) of every plot the report shows, in order."""
     out = []
-    for stem, title, fn in (("accuracy_vs_latency", "Accuracy vs latency", accuracy_vs_latency),
+    for stem, title, fn in (("perplexity_vs_decode", "Perplexity vs decode tokens/s", perplexity_vs_decode),
+                            ("accuracy_vs_latency", "Accuracy vs latency", accuracy_vs_latency),
                             ("size", "Size per stage", size_per_stage), ("goals", "Goals", goals_chart),
                             ("training", "Training curves", training_curves)):
         png = fn(results)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from compress.report import causal
+
 
 def _pct(x) -> str:
     return "-" if x is None else f"{100 * x:.2f}"
@@ -105,6 +107,8 @@ def _fmt(v) -> str:
 
 def markdown(results: dict, plot_files: list[tuple[str, str]] | None = None) -> str:
     """The report as Markdown. `plot_files`: (file name, title) of PNGs written beside it."""
+    if causal.is_causal_results(results):
+        return _causal_markdown(results, plot_files)
     env = results.get("environment") or {}
     summary = results.get("summary") or {}
     out = [f"# Compression report: {results['recipe']}", ""]
@@ -171,6 +175,60 @@ def markdown(results: dict, plot_files: list[tuple[str, str]] | None = None) -> 
     return "\n".join(out)
 
 
+def _causal_markdown(results: dict, plot_files) -> str:
+    env = results.get("environment") or {}
+    summary = results.get("summary") or {}
+    out = [f"# Compression report: {results['recipe']}", ""]
+    if results.get("description"):
+        out += [results["description"].strip(), ""]
+    if summary.get("note"):
+        out += [f"**Result.** {summary['note']}", ""]
+    out += [causal.explanation(results), ""]
+    out += ["## Stages", "", _md_table(causal.STAGE_COLUMNS, causal.stage_rows(results)), ""]
+    lines = causal.goal_lines(results)
+    if lines:
+        met = [s["name"] for s in results["stages"][1:] if s.get("meets_goals")]
+        out += ["## Goals", ""] + [f"- {line}" for line in lines]
+        out += ["", f"Stages meeting every goal: {', '.join(f'`{m}`' for m in met) or 'none'}.", ""]
+    if summary.get("comparisons"):
+        out += ["## Best stage versus references", "", _md_table(causal.COMPARE_COLUMNS, causal.compare_rows(results)), ""]
+    out += ["## Latency and memory", "", _md_table(causal.LATENCY_COLUMNS, causal.latency_rows(results)), ""]
+    for file, title in plot_files or []:
+        out += [f"![{title}]({file})", ""]
+    gen = causal.generation_rows(results)
+    if gen:
+        out += ["## Greedy agreement per prompt", "", "Tokens identical to the teacher's continuation, per prompt:", "",
+                _md_table(["stage", "common prefix per prompt"], gen), ""]
+    if results.get("pipeline"):
+        out += ["## Pipeline", "", _md_table(PIPELINE_COLUMNS, pipeline_rows(results)), ""]
+    out += ["## Stage details", ""]
+    for s in results["stages"]:
+        bits = [f"### {s['name']}", ""]
+        if s.get("note"):
+            bits += [s["note"], ""]
+        if s.get("pass"):
+            cached = " (reused from the cache)" if s.get("cached") else ""
+            bits += [f"`{s['pass']}` from `{s.get('from')}`, {_num(s.get('seconds'), '{:.1f}')} s{cached}. "
+                     f"Config: `{_compact(s.get('config'))}`", ""]
+        scalars = _scalars(s.get("pass_metrics"))
+        if scalars:
+            bits += [", ".join(f"{k} = {_fmt(v)}" for k, v in scalars.items()), ""]
+        bits += [f"Path: `{s.get('path')}`", ""]
+        out += bits
+    versions = ", ".join(f"{k} {v}" for k, v in (env.get("versions") or {}).items())
+    variables = "".join(f", {k}={v}" for k, v in (env.get("env") or {}).items())
+    out += ["## Environment", "", f"{env.get('cpu', '?')} (flags: {', '.join(env.get('cpu_flags') or []) or '-'}), "
+            f"{_threads(env)}{variables}, Python {env.get('python', '?')}; {versions}. "
+            f"Created {results.get('created', '?')} from recipe `{results['recipe']}`; stage cache `{results.get('run_dir')}`.",
+            ""]
+    spec = results.get("latency_spec")
+    if spec:
+        out += [f"Latency protocol: per shape and round {spec.get('causal_iters_per_round')} timed generations "
+                f"(prefill + {spec.get('new_tokens')} greedy tokens) after {spec.get('causal_warmup')} untimed, "
+                f"{spec.get('rounds')} round-robin rounds, one process per model.", ""]
+    return "\n".join(out)
+
+
 def _compact(config: dict | None) -> str:
     import json
 
@@ -184,6 +242,13 @@ def stage_table(results: dict):
     """The stages as a rich Table (the CLI prints it): the Markdown table without from/agree/params."""
     from rich.table import Table
 
+    if causal.is_causal_results(results):
+        table = Table(*causal.CLI_COLUMNS, title=f"{results['recipe']} (decode at {_shape(results)})")
+        best = (results.get("summary") or {}).get("best")
+        keep = [causal.STAGE_COLUMNS.index(c) for c in causal.CLI_COLUMNS]
+        for s, row in zip(results["stages"], causal.stage_rows(results), strict=False):
+            table.add_row(*[row[i] for i in keep], style="bold green" if s["name"] == best else None)
+        return table
     table = Table(*CLI_COLUMNS, title=f"{results['recipe']} (p50 at {_shape(results)})")
     best = (results.get("summary") or {}).get("best")
     keep = [STAGE_COLUMNS.index(c) for c in CLI_COLUMNS]

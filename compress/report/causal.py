@@ -1,0 +1,220 @@
+"""Reports of causal-LM runs: quality is perplexity (lower is better) with KL / top-1 / greedy agreement against
+the teacher, speed is decode tokens per second with the KV cache (plus prefill throughput, time to first
+token and peak memory). Same shape as the classifier report (`build` adds derived fields and a summary, the
+renderers only format), so `compress report` rebuilds either kind. Pure data in, data out."""
+
+from __future__ import annotations
+
+import copy
+
+CAUSAL_TASK = "text-generation"
+
+
+def is_causal_results(results: dict) -> bool:
+    return (results.get("eval") or {}).get("task") == CAUSAL_TASK or any(
+        s.get("task") == CAUSAL_TASK for s in results.get("stages", []))
+
+
+def _row(stage: dict, device: str, batch: int, seq: int) -> dict | None:
+    for r in stage.get("latency") or []:
+        if (r["device"], r["batch_size"], r["seq_len"]) == (device, batch, seq):
+            return r
+    return None
+
+
+def _pareto(points: list[tuple[float, float]]) -> list[bool]:
+    """(decode tok/s, perplexity): True where no other point is at least as fast and as good, better in one."""
+    flags = []
+    for i, (speed, ppl) in enumerate(points):
+        dominated = any(s2 >= speed and p2 <= ppl and (s2 > speed or p2 < ppl)
+                        for j, (s2, p2) in enumerate(points) if j != i)
+        flags.append(not dominated)
+    return flags
+
+
+def build(results: dict) -> dict:
+    """Per stage: `ppl_increase` (stage / teacher perplexity - 1), headline `p50_ms` (decode ms/token at the primary
+    shape), `decode_tokens_per_s`, `ttft_ms`, `prefill_tokens_per_s` (primary prompt length) and at 512,
+    `peak_rss_mb`, `speedup` (decode, vs the teacher or `goals.speedup_vs`), `pareto`, verdicts; and a summary."""
+    out = copy.deepcopy(results)
+    stages, goals = out["stages"], out.get("goals") or {}
+    teacher = stages[0]
+    primary = out.get("primary") or {"device": "cpu", "batch_size": 1, "seq_len": 128}
+    dev, b, s = primary["device"], primary["batch_size"], primary["seq_len"]
+    by_name = {st["name"]: st for st in stages}
+    ref = by_name.get(goals.get("speedup_vs") or "teacher", teacher)
+    ref_row = _row(ref, dev, b, s)
+    t_ppl = teacher.get("perplexity")
+    for st in stages:
+        ppl = st.get("perplexity")
+        st["ppl_increase"] = None if ppl is None or not t_ppl else round(ppl / t_ppl - 1, 6)
+        st["accuracy"], st["accuracy_drop"] = None, None  # not a classifier: the report reads perplexity
+        row = _row(st, dev, b, s)
+        st["p50_ms"] = row["p50_ms"] if row else None
+        st["decode_tokens_per_s"] = row.get("decode_tokens_per_s") if row else None
+        st["ttft_ms"] = row.get("ttft_ms") if row else None
+        st["prefill_tokens_per_s"] = row.get("prefill_tokens_per_s") if row else None
+        long = _row(st, dev, b, 512)
+        st["prefill_tokens_per_s_512"] = long.get("prefill_tokens_per_s") if long else None
+        st["peak_rss_mb"] = row.get("peak_rss_mb") if row else None
+        st["speedup"] = round(ref_row["p50_ms"] / row["p50_ms"], 3) if row and ref_row else None
+        st["size_ratio"] = round(teacher["size_mb"] / st["size_mb"], 3) if st.get("size_mb") else None
+        for r in st.get("latency", []):
+            t = _row(teacher, r["device"], r["batch_size"], r["seq_len"])
+            r["speedup_vs_teacher"] = round(t["p50_ms"] / r["p50_ms"], 3) if t else None
+        verdicts = {}
+        if st is not teacher:
+            if goals.get("max_perplexity_increase") is not None:
+                verdicts["perplexity"] = (None if st["ppl_increase"] is None
+                                          else st["ppl_increase"] <= goals["max_perplexity_increase"] + 1e-12)
+            if goals.get("min_speedup") is not None:
+                verdicts["speedup"] = None if st["speedup"] is None else st["speedup"] >= goals["min_speedup"]
+        st["verdicts"] = verdicts
+        st["meets_goals"] = all(v is True for v in verdicts.values()) if verdicts else None
+    timed = [st for st in stages if st.get("perplexity") is not None and st.get("decode_tokens_per_s")]
+    for st, flag in zip(timed, _pareto([(st["decode_tokens_per_s"], st["perplexity"]) for st in timed]), strict=True):
+        st["pareto"] = flag
+    out["summary"] = summarize(out)
+    return out
+
+
+def best_stage(results: dict) -> dict | None:
+    """Among compressed stages (not teacher, not baselines): the fastest meeting every goal, else the fastest
+    meeting the perplexity goal, else (no goals) the fastest on the Pareto front, else the lowest perplexity."""
+    pool = [s for s in results["stages"][1:] if not s.get("is_baseline") and s.get("perplexity") is not None]
+    timed = [s for s in pool if s.get("p50_ms")]
+    for ok in (lambda s: s.get("meets_goals") is True, lambda s: s.get("verdicts", {}).get("perplexity") is True):
+        chosen = [s for s in timed if ok(s)]
+        if chosen:
+            return min(chosen, key=lambda s: s["p50_ms"])
+    if not results.get("goals") and timed:
+        front = [s for s in timed if s.get("pareto")] or timed
+        return min(front, key=lambda s: s["p50_ms"])
+    return min(pool, key=lambda s: s["perplexity"]) if pool else None
+
+
+def summarize(results: dict) -> dict:
+    stages = results["stages"]
+    best = best_stage(results)
+    summary: dict = {"best": best["name"] if best else None, "comparisons": [],
+                     "pareto": [s["name"] for s in stages if s.get("pareto")]}
+    if best is None:
+        summary["note"] = "No compressed stage was evaluated."
+        return summary
+    parts = []
+    for other in [stages[0]] + [s for s in stages if s.get("is_baseline")]:
+        speed = round(other["p50_ms"] / best["p50_ms"], 3) if best.get("p50_ms") and other.get("p50_ms") else None
+        delta = round(best["perplexity"] / other["perplexity"] - 1, 6) if other.get("perplexity") else None
+        size = round(other["size_mb"] / best["size_mb"], 3) if best.get("size_mb") else None
+        summary["comparisons"].append({"vs": other["name"], "speedup": speed, "ppl_increase": delta, "size_ratio": size})
+        label = f"the teacher `{other['name']}` ({other.get('backend')})" if other is stages[0] else f"`{other['name']}`"
+        speed_text = "decode speed not measured" if speed is None else f"decodes {speed:.2f}x as fast as {label}"
+        parts.append(f"{speed_text}, perplexity {best['perplexity']:.3f} vs {other['perplexity']:.3f} "
+                     f"({100 * delta:+.2f}%), {size:.1f}x smaller" if delta is not None and size else speed_text)
+    shape = results.get("primary") or {}
+    where = f"{shape.get('device', 'cpu')}, batch {shape.get('batch_size')}, prompt {shape.get('seq_len')}"
+    verdict = ""
+    if best.get("verdicts"):
+        verdict = " It meets every goal." if best.get("meets_goals") else " It misses a goal (see Goals)."
+    summary["note"] = (f"Best stage `{best['name']}` ({best.get('backend')}, {where}, "
+                       f"{best.get('decode_tokens_per_s') or 0:.1f} decode tokens/s): " + "; ".join(parts) + "." + verdict)
+    return summary
+
+
+# --- tables (strings; Markdown, HTML and the CLI share them) --------------------------------------------------
+
+STAGE_COLUMNS = ["stage", "pass", "from", "backend", "perplexity", "Δ ppl %", "KL", "top-1 %", "greedy prefix",
+                 "size MB", "params", "decode tok/s", "TTFT ms", "speedup", "goals"]
+CLI_COLUMNS = ["stage", "backend", "perplexity", "Δ ppl %", "KL", "size MB", "decode tok/s", "speedup", "goals"]
+LATENCY_COLUMNS = ["stage", "backend", "device", "batch", "prompt", "prefill tok/s", "TTFT ms", "decode tok/s",
+                   "ms/token p50", "p90", "peak RSS MB", "x teacher"]
+COMPARE_COLUMNS = ["best", "versus", "decode speedup", "Δ ppl %", "smaller"]
+
+
+def _f(x, fmt="{:.2f}") -> str:
+    return "-" if x is None else fmt.format(x)
+
+
+def _size(mb) -> str:
+    return "-" if mb is None else (f"{mb:.1f}" if mb >= 10 else f"{mb:.3g}")
+
+
+def _verdict(stage: dict) -> str:
+    v = stage.get("verdicts") or {}
+    return " ".join(f"{k} {'ok' if ok else ('-' if ok is None else 'MISS')}" for k, ok in v.items()) or "-"
+
+
+def stage_rows(results: dict) -> list[list[str]]:
+    best = (results.get("summary") or {}).get("best")
+    rows = []
+    for s in results["stages"]:
+        name = s["name"] + (" (teacher)" if s is results["stages"][0] and s["name"] != "teacher" else "")
+        name += (" (baseline)" if s.get("is_baseline") else "") + (" ★" if s["name"] == best else "")
+        a = s.get("agreement") or {}
+        rows.append([name, s.get("pass") or "-", s.get("from") or "-", s.get("backend", "-"), _f(s.get("perplexity"), "{:.3f}"),
+                     _f(None if s.get("ppl_increase") is None else 100 * s["ppl_increase"], "{:+.2f}"),
+                     _f(a.get("kl"), "{:.4f}"), _f(None if a.get("top1_agreement") is None else 100 * a["top1_agreement"]),
+                     _f(a.get("greedy_prefix"), "{:.1f}"), _size(s.get("size_mb")), f"{s.get('params') or 0:,}",
+                     _f(s.get("decode_tokens_per_s"), "{:.1f}"), _f(s.get("ttft_ms"), "{:.1f}"),
+                     _f(s.get("speedup"), "{:.2f}x"), _verdict(s)])
+    return rows
+
+
+def latency_rows(results: dict) -> list[list[str]]:
+    rows = []
+    for s in results["stages"]:
+        for r in s.get("latency", []):
+            rows.append([s["name"], r["backend"], r["device"], str(r["batch_size"]), str(r["seq_len"]),
+                         _f(r.get("prefill_tokens_per_s"), "{:.0f}"), _f(r.get("ttft_ms"), "{:.1f}"),
+                         _f(r.get("decode_tokens_per_s"), "{:.1f}"), _f(r.get("p50_ms")), _f(r.get("p90_ms")),
+                         _f(r.get("peak_rss_mb"), "{:.0f}"), _f(r.get("speedup_vs_teacher"), "{:.2f}x")])
+    return rows
+
+
+def compare_rows(results: dict) -> list[list[str]]:
+    summary = results.get("summary") or {}
+    return [[summary.get("best") or "-", c["vs"], _f(c["speedup"], "{:.2f}x"),
+             _f(None if c["ppl_increase"] is None else 100 * c["ppl_increase"], "{:+.2f}"), _f(c["size_ratio"], "{:.1f}x")]
+            for c in summary.get("comparisons", [])]
+
+
+def explanation(results: dict) -> str:
+    ev = results.get("eval") or {}
+    data = ev.get("data") or {}
+    env = results.get("environment") or {}
+    shape = results.get("primary") or {}
+    return (f"Perplexity on `{data.get('source')}` split `{data.get('split')}` field `{data.get('text_field', 'text')}` "
+            f"(raw text, {ev.get('max_blocks')} blocks of {ev.get('block_size')} tokens, token-weighted); KL = mean "
+            f"per-token KL(teacher ‖ stage) on the same tokens; top-1 = next-token agreement with the teacher; greedy "
+            f"prefix = mean common prefix (of {ev.get('new_tokens')}) of greedy continuations of {ev.get('prompts')} fixed "
+            f"prompts. Decode tok/s, TTFT and speedup at {shape.get('device')} batch {shape.get('batch_size')}, prompt "
+            f"{shape.get('seq_len')}, {env.get('threads')} threads: a prefill of the prompt, then greedy tokens with the "
+            "KV cache; speedup = teacher decode ms/token / stage decode ms/token. ★ = best stage.")
+
+
+def goal_lines(results: dict) -> list[str]:
+    goals = results.get("goals") or {}
+    lines = []
+    if goals.get("max_perplexity_increase") is not None:
+        lines.append(f"perplexity at most {100 * goals['max_perplexity_increase']:.1f}% above the teacher")
+    if goals.get("min_speedup") is not None:
+        lines.append(f"decode at least {goals['min_speedup']:.2f}x as fast as `{goals.get('speedup_vs', 'teacher')}`")
+    return lines
+
+
+def generation_rows(results: dict, tokenizer_decode=None) -> list[list[str]]:
+    """Per stage, greedy tokens shared with the teacher per prompt (how far each continuation stays identical)."""
+    rows = []
+    teacher_gen = (results["stages"][0].get("metrics") or {}).get("generations")
+    if not teacher_gen:
+        return rows
+    for s in results["stages"]:
+        gen = (s.get("metrics") or {}).get("generations")
+        if not gen:
+            continue
+        prefixes = []
+        for a, b in zip(gen, teacher_gen, strict=False):
+            n = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+            prefixes.append(str(n))
+        rows.append([s["name"], " ".join(prefixes)])
+    return rows
