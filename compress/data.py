@@ -336,7 +336,7 @@ def _labels(values: list, field: str, names: list[str] | None, found: Examples) 
         if isinstance(value, bool) or not isinstance(value, int):
             raise CompressError(f"{found.where(i)}: field '{field}' is {_kind(value)}, not an integer class index",
                                 "labels are 0, 1, ... (one per class)")
-        if value < 0 or (names and value >= len(names)):
+        if value < 0 or (names and value >= len(names)) or value >= 2**31:
             classes = f"0..{len(names) - 1} ({len(names)} classes named in the data)" if names else "0 or more"
             raise CompressError(f"{found.where(i)}: field '{field}' is {value}, outside the classes {classes}",
                                 "fix the label")
