@@ -50,9 +50,6 @@ class Examples:
     origin: str | None = None  # the file or dataset the examples came from (for error messages)
     lines: np.ndarray | None = None  # (N,) line of each example in `origin` (1-based), when it is a text file
     label_field: str = "label"
-    origin: str | None = None  # the file or dataset the examples came from (for error messages)
-    lines: np.ndarray | None = None  # (N,) line of each example in `origin` (1-based), when it is a text file
-    label_field: str = "label"
 
     def __len__(self) -> int:
         return len(self.texts) if self.texts is not None else len(self.inputs)
@@ -133,18 +130,6 @@ def check_labels(examples: Examples, num_classes: int | None) -> None:
         i = int(bad[0])
         raise CompressError(f"{examples.where(i)}: field '{examples.label_field}' has label {int(examples.labels[i])} "
                             f"but the model has {num_classes} outputs (classes 0..{num_classes - 1})",
-                            "fix the label, or pass --num-labels / a model with as many classes as the data")
-
-
-def check_labels(examples: Examples, num_classes: int | None) -> None:
-    """Every label is one of the model's `num_classes` classes; else CompressError naming the file and line."""
-    if examples.labels is None or not num_classes or not len(examples.labels):
-        return
-    bad = np.flatnonzero((examples.labels < 0) | (examples.labels >= num_classes))
-    if len(bad):
-        i = int(bad[0])
-        raise CompressError(f"{examples.where(i)}: field '{examples.label_field}' is {int(examples.labels[i])}, not a "
-                            f"class of the model (0..{num_classes - 1})",
                             "fix the label, or pass --num-labels / a model with as many classes as the data")
 
 
