@@ -239,61 +239,6 @@ def load_error(source, error: BaseException) -> CompressError:
     return CompressError(f"cannot load '{source}' ({type(error).__name__}: {first})", "check the model files")
 
 
-def _one_line_load_errors(loader):
-    """Turn what loading a broken model raises (truncated weights, missing weights, a config that does not fit,
-    a refused pickle) into one CompressError line that names the file; the first argument is the source."""
-    import functools
-
-    @functools.wraps(loader)
-    def wrapped(source, *args, **kwargs):
-        try:
-            return loader(source, *args, **kwargs)
-        except CompressError:
-            raise
-        except Exception as e:  # noqa: BLE001  (every cause is named in the message)
-            raise load_error(source, e) from e
-
-    return wrapped
-
-
-def load_error(source, error: BaseException) -> CompressError:
-    """The one-line cause of a failed load of `source` (a folder or file)."""
-    import pickle
-
-    chain, e = [], error
-    while e is not None and len(chain) < 8:  # transformers wraps the real cause
-        chain.append(e)
-        e = e.__cause__ or e.__context__
-    text = " ".join(f"{type(x).__name__}: {x}" for x in chain)
-    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    path = Path(str(source))
-    folder = path if path.is_dir() else path.parent
-
-    def weights(*patterns):
-        found = [p for pattern in patterns for p in sorted(folder.glob(pattern))] if path.is_dir() else [path]
-        return found[0] if found else path
-
-    if any(isinstance(x, pickle.UnpicklingError) for x in chain) or "Weights only load failed" in text:
-        return CompressError(f"'{weights('pytorch_model*.bin', '*.bin', '*.pt')}' holds pickled objects, which can "
-                             "run code: refused", "convert it to safetensors, or pass --allow-pickle if you trust the file")
-    if "SafetensorError" in text or "deserializing header" in text or "safetensors" in text.lower() and "invalid" in text.lower():
-        return CompressError(f"'{weights('*.safetensors')}' is truncated or corrupt ({first})",
-                             "copy or download the weights again")
-    if "PytorchStreamReader" in text or "unexpected EOF" in text or "zip archive" in text:
-        return CompressError(f"'{weights('*.bin', '*.pt', '*.pth')}' is truncated or corrupt ({first})",
-                             "copy or download the weights again")
-    if isinstance(error, OSError) and "no file named" in text:
-        return CompressError(f"'{folder}' has a config.json but no weights (model.safetensors or pytorch_model.bin)",
-                             "copy the weights beside the config, or pass the folder that holds them")
-    if isinstance(error, RuntimeError) and ("size mismatch" in text or "state_dict" in text):
-        return CompressError(f"the weights in '{source}' do not fit its config ({first})",
-                             "pass the config the weights were saved with")
-    if isinstance(error, (ValueError, TypeError, KeyError, AttributeError)):
-        return CompressError(f"the config of '{source}' does not describe a valid model ({type(error).__name__}: "
-                             f"{first})", "fix config.json so it matches the weights")
-    return CompressError(f"cannot load '{source}' ({type(error).__name__}: {first})", "check the model files")
-
-
 def _looks_like_hub_id(text: str) -> bool:
     parts = text.split("/")
     if Path(text).suffix in STATE_DICT_SUFFIXES + ONNX_SUFFIXES + (".json", ".yaml"):
@@ -371,8 +316,6 @@ def _load_hf(source, task, num_labels, trust_remote_code, allow_pickle=False) ->
         kwargs["attn_implementation"] = "eager"
     if allow_pickle:
         kwargs["weights_only"] = False  # a pickled pytorch_model.bin, trusted by the user
-    if allow_pickle:
-        kwargs["weights_only"] = False  # a pickled pytorch_model.bin, trusted by the user
     from transformers.utils import logging as hf_logging
 
     verbosity = hf_logging.get_verbosity()
@@ -391,7 +334,6 @@ def _load_hf(source, task, num_labels, trust_remote_code, allow_pickle=False) ->
     return TorchModel(module.eval(), task, tokenizer=tokenizer, source=str(source))
 
 
-@_one_line_load_errors
 @_one_line_load_errors
 def _load_saved(folder: Path, task, num_labels) -> TorchModel:
     """Rebuild a model written by `save_torch_model`: architecture, then surgery, then weights."""
@@ -427,7 +369,6 @@ def _load_saved(folder: Path, task, num_labels) -> TorchModel:
                       input_shape=tuple(manifest["input_shape"]) if manifest.get("input_shape") else None)
 
 
-@_one_line_load_errors
 @_one_line_load_errors
 def _load_checkpoint(path: Path, task, num_labels, arch, allow_pickle) -> TorchModel:
     import torch
