@@ -94,7 +94,9 @@ def infer_input_shape(module, channels: int | None = None, forward=None) -> tupl
     from torch import nn
 
     forward = forward or (lambda m, x: m(x))
-    layers = [m for m in module.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Flatten))]
+    # Weight layers (any leaf with parameters, e.g. an Embedding, counts: then the shape is not known) and Flattens.
+    layers = [m for m in module.modules() if isinstance(m, nn.Flatten) or
+              (not list(m.children()) and any(True for _ in m.parameters(recurse=False)))]
     first = next((m for m in layers if not isinstance(m, nn.Flatten)), None)
     if isinstance(first, nn.Linear) and channels is None:
         where = f"inferred from the first layer, Linear({first.in_features}, {first.out_features})"

@@ -78,6 +78,7 @@ TextPairFieldOpt = Annotated[str | None, typer.Option(help="Field holding the se
 LabelFieldOpt = Annotated[str, typer.Option(help="Field holding the integer label.")]
 LimitOpt = Annotated[int | None, typer.Option(min=1, help="Use at most this many examples.")]
 OutOpt = Annotated[Path, typer.Option("--output", "-o", help="Output folder.")]
+InputShapeOpt = Annotated[str | None, typer.Option(help="Vision/plain PyTorch models: shape of one input example, e.g. 64 or 3,32,32 (default: from the config or the first layer).")]
 
 # --- training and recovery options: one group for finetune, distill and prune/factorize --recover --------------
 
@@ -102,12 +103,21 @@ ProgressOpt = Annotated[bool, typer.Option(help="Show the progress bar.")]
 
 
 def load_model_from_options(model: str, task=None, num_labels=None, arch=None, allow_pickle=False,
-                            trust_remote_code=False):
-    """`compress.models.load_model` with the CLI's option names."""
+                            trust_remote_code=False, input_shape: str | None = None):
+    """`compress.models.load_model` with the CLI's option names. For vision and plain PyTorch models, prints the
+    input shape the export will use and where it came from (`--input-shape`, the config or the first layer)."""
     from compress.models import load_model
 
-    return load_model(model, task=task, num_labels=num_labels, arch=arch, allow_pickle=allow_pickle,
-                      trust_remote_code=trust_remote_code)
+    loaded = load_model(model, task=task, num_labels=num_labels, arch=arch, allow_pickle=allow_pickle,
+                        trust_remote_code=trust_remote_code)
+    if loaded.kind == "torch" and not loaded.takes_tokens:
+        from compress.modules import parse_shape
+
+        if input_shape:
+            loaded.input_shape = parse_shape(input_shape)
+        shape, source = loaded.example_shape()
+        console.print(f"input shape {','.join(map(str, shape))} per example: {source}")
+    return loaded
 
 
 def data_spec(data, split=None, text_field="text", text_pair_field=None, label_field="label", limit=None):

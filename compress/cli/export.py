@@ -11,6 +11,7 @@ from compress.cli.app import (
     AllowPickleOpt,
     ArchOpt,
     DataOpt,
+    InputShapeOpt,
     LimitOpt,
     ModelArg,
     NumLabelsOpt,
@@ -40,6 +41,7 @@ def export(
     limit: LimitOpt = 64,
     task: TaskOpt = None, num_labels: NumLabelsOpt = None, arch: ArchOpt = None,
     allow_pickle: AllowPickleOpt = False, trust_remote_code: TrustRemoteCodeOpt = False,
+    input_shape: InputShapeOpt = None,
 ) -> None:
     """Export MODEL to ONNX with dynamic batch/sequence axes; fail with the numbers if outputs differ from PyTorch."""
     from compress.data import iter_batches, load_examples
@@ -47,7 +49,7 @@ def export(
     from compress.paths import guard_output
 
     guard_output(output, [model, data, arch])
-    loaded = load_model_from_options(model, task, num_labels, arch, allow_pickle, trust_remote_code)
+    loaded = load_model_from_options(model, task, num_labels, arch, allow_pickle, trust_remote_code, input_shape)
     from compress.causal import is_causal
 
     if is_causal(loaded):

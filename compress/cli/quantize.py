@@ -12,6 +12,7 @@ import typer
 from compress.cli.app import (
     AllowPickleOpt,
     ArchOpt,
+    InputShapeOpt,
     LabelFieldOpt,
     ModelArg,
     NumLabelsOpt,
@@ -61,6 +62,7 @@ def quantize(
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the metrics here.")] = None,
     task: TaskOpt = None, num_labels: NumLabelsOpt = None, arch: ArchOpt = None,
     allow_pickle: AllowPickleOpt = False, trust_remote_code: TrustRemoteCodeOpt = False,
+    input_shape: InputShapeOpt = None,
 ) -> None:
     """Quantize MODEL (HF folder, .pt + --arch, or .onnx) and save the settings beside it."""
     from pydantic import ValidationError
@@ -73,7 +75,7 @@ def quantize(
     guard_output(output, inputs)
     if json_out is not None:
         guard_output(json_out, inputs, kind="file", what="--json")
-    loaded = load_model_from_options(model, task, num_labels, arch, allow_pickle, trust_remote_code)
+    loaded = load_model_from_options(model, task, num_labels, arch, allow_pickle, trust_remote_code, input_shape)
     fields = dict(text_field=text_field, text_pair_field=text_pair_field, label_field=label_field)
     if torch_int8:
         return _torch(loaded, output, exclude or [], json_out)
