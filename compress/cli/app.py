@@ -104,13 +104,14 @@ ProgressOpt = Annotated[bool, typer.Option(help="Show the progress bar.")]
 
 def load_model_from_options(model: str, task=None, num_labels=None, arch=None, allow_pickle=False,
                             trust_remote_code=False, input_shape: str | None = None):
-    """`compress.models.load_model` with the CLI's option names. For vision and plain PyTorch models, prints the
-    input shape the export will use and where it came from (`--input-shape`, the config or the first layer)."""
+    """`compress.models.load_model` with the CLI's option names. For a user's pickled or TorchScript module, or
+    with `--input-shape`, prints the input shape the export will use and where it came from."""
     from compress.models import load_model
 
     loaded = load_model(model, task=task, num_labels=num_labels, arch=arch, allow_pickle=allow_pickle,
                         trust_remote_code=trust_remote_code)
-    if loaded.kind == "torch" and not loaded.takes_tokens:
+    # A user's own module (pickled or TorchScript, or given a shape) has no config saying what it takes: say it.
+    if loaded.kind == "torch" and not loaded.takes_tokens and (input_shape or loaded.builder in ("pickled", "torchscript")):
         from compress.modules import parse_shape
 
         if input_shape:
