@@ -361,7 +361,10 @@ def save_trained(model: TorchModel, out_dir: Path, metrics: dict) -> Path:
     """
     import torch
 
+    from compress.paths import guard_output
+
     out_dir = Path(out_dir)
+    guard_output(out_dir, [model.source])  # never over, into or around the model it started from
     tmp = out_dir.with_name(f".{out_dir.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     if model.is_hf:

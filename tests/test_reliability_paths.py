@@ -68,10 +68,11 @@ def test_bad_output_refused_before_writing(tmp_path, cli, model_copy, args, need
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("my notes")
     (tmp_path / "d.jsonl").write_text('{"text": "hi", "label": 0}\n')
+    readonly = unwritable(tmp_path)
     before = {p: checksum(p) for p in (model_copy, tmp_path / "afile", tmp_path / "other", tmp_path / "d.jsonl")}
     listing = sorted(p.name for p in tmp_path.iterdir())
     # execute
-    result = cli([a.format(model=model_copy, tmp=tmp_path, unwritable=unwritable(tmp_path)) for a in args])
+    result = cli([a.format(model=model_copy, tmp=tmp_path, unwritable=readonly) for a in args])
     # assert
     assert_one_line_error(result, needle)
     assert {p: checksum(p) for p in before} == before

@@ -69,7 +69,10 @@ def export_onnx(model: TorchModel, out_dir: str | Path, *, check_batches: list[d
         raise CompressError(f"unknown exporter '{exporter}'", f"use one of: {', '.join(EXPORTERS)}")
     if optimize not in OPTIMIZATIONS:
         raise CompressError(f"unknown optimization '{optimize}'", f"use one of: {', '.join(OPTIMIZATIONS)}")
+    from compress.paths import guard_output
+
     out_dir = Path(out_dir)
+    guard_output(out_dir, [model.source])  # never over, into or around the model being exported
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
