@@ -42,7 +42,7 @@ def prune(
     model: ModelArg,
     output: Annotated[Path, typer.Option("--output", "-o", help="Output folder (loads with compress load_model).")],
     sparsity: Annotated[float, typer.Option(help="Fraction removed, in [0, 1): weights, or units with --structured.")],
-    structured: Annotated[str | None, typer.Option(help="Remove whole units: neurons (FFN), heads, or channels (conv/linear stacks).")] = None,
+    structured: Annotated[str | None, typer.Option(help="Remove whole units: neurons (FFN), heads, or channels (any conv/MLP network, dependency graph).")] = None,
     global_: Annotated[bool, typer.Option("--global", help="One ranking over all targeted layers instead of per layer.")] = False,
     targets: TargetsOpt = None, exclude: ExcludeOpt = None,
     importance: Annotated[str, typer.Option(help="Structured: importance score of a unit (l1, l2).")] = "l2",

@@ -1,6 +1,7 @@
-"""Pass `prune_structured`: remove whole units (FFN neurons, attention heads, or output channels of a
-conv/linear stack) scored by weight norm, so the model gets physically smaller and faster. Kept widths
-are rounded to a multiple (default 8); the edit is recorded as surgery so the model reloads without pickle."""
+"""Pass `prune_structured`: remove whole units (FFN neurons, attention heads, or conv/linear channels coupled
+through Torch-Pruning's dependency graph) scored by weight norm, so the model gets physically smaller and faster.
+Kept widths are rounded to a multiple (default 8); the edit is recorded as surgery so the model reloads without
+pickle (heads also in `config.pruned_heads`, so `from_pretrained` reloads them)."""
 
 from __future__ import annotations
 
@@ -37,8 +38,9 @@ class PruneStructuredConfig(PassConfig):
     type: Literal["prune_structured"] = "prune_structured"
     sparsity: float = Field(description="Fraction of units removed, in [0, 1).", ge=0.0, lt=1.0)
     unit: Literal["neurons", "heads", "channels"] = Field(
-        "neurons", description="neurons: transformer FFN width; heads: attention heads (BERT family); "
-        "channels: output channels of a plain conv/linear nn.Sequential.")
+        "neurons", description="neurons: transformer FFN width; heads: attention heads (architectures with "
+        "prune_heads: BERT, RoBERTa, ELECTRA, DistilBERT, ALBERT, ViT); channels: conv/linear channels of any "
+        "conv/MLP network, coupled through Torch-Pruning's dependency graph (residuals, BatchNorm, Flatten).")
     scope: Literal["layer", "global"] = Field("layer", description="layer: the same fraction everywhere; global: "
                                               "rank units across layers (scores normalised by each layer's mean).")
     importance: str = Field("l2", description="Importance score (l1, l2, or one added with "
