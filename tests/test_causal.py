@@ -317,3 +317,24 @@ def test_recipe_pipeline_and_report(tmp_path, monkeypatch):
     again = run_recipe(recipe, runs_dir=tmp_path / "runs", progress=False)
     assert [s["perplexity"] for s in again["stages"]] == [s["perplexity"] for s in results["stages"]]
     assert all(s["cached"] for s in again["stages"][1:])
+
+
+def test_interrupted_budget_search_leaves_the_best_model_so_far(llama_onnx, tmp_path, monkeypatch):
+    from compress import quantization_causal as qc
+    from compress.data import sample_texts
+    from compress.models import load_model
+
+    real, calls = qc._Scorer.__call__, {"n": 0}
+
+    def interrupted(self, path):
+        calls["n"] += 1
+        if calls["n"] > 3:  # all-int4, then two sensitivity rows: Ctrl-C
+            raise KeyboardInterrupt
+        return real(self, path)
+
+    monkeypatch.setattr(qc._Scorer, "__call__", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _quantize_with_texts(llama_onnx.model, tmp_path / "q", sample_texts() * 6)
+    settings = json.loads((tmp_path / "q" / "quantization.json").read_text())
+    assert settings["partial"] is True and settings["search_step"] == 0
+    assert load_model(tmp_path / "q").task == "text-generation"  # a usable model, in place

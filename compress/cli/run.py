@@ -19,13 +19,15 @@ def run(
     fresh: Annotated[bool, typer.Option(help="Ignore the stage cache and recompute every stage.")] = False,
     omp_wait_policy: Annotated[str, typer.Option(help="OMP_WAIT_POLICY for training, evaluation and the bench workers "
                                                  "(unless already set): PASSIVE avoids 10-20x PyTorch slowdowns when "
-                                                 "other processes share the CPU; ACTIVE may be 10-25% faster on an idle one.")] = "PASSIVE",
+                                                 "other processes share the CPU; ACTIVE may be 10-25% faster on an idle one; "
+                                                 "default leaves it unset (the OpenMP runtime's own spin-then-sleep).")] = "PASSIVE",
 ) -> None:
     """Run RECIPE: every stage (resuming from the cache), evaluation, one latency bench, and the report."""
     import os
 
     # Must be set before OpenMP starts (torch is imported while the recipe's passes load); workers inherit it.
-    os.environ.setdefault("OMP_WAIT_POLICY", omp_wait_policy.upper())
+    if omp_wait_policy.lower() != "default":
+        os.environ.setdefault("OMP_WAIT_POLICY", omp_wait_policy.upper())
     from compress import pipeline
     from compress.recipe import load_recipe
     from compress.report import render

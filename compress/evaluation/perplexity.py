@@ -31,7 +31,7 @@ def common_prefix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def evaluate_causal(model, blocks: np.ndarray, *, reference=None, prompts: list[list[int]] | None = None,
                     max_new_tokens: int = 32, batch_size: int = 4, device: str = "cpu", threads: int | None = None,
-                    reference_generations: np.ndarray | None = None,
+                    reference_generations: np.ndarray | None = None, reference_cache: dict | None = None,
                     on_progress: Callable[[int, int], None] | None = None) -> dict:
     """Perplexity of `model` on token `blocks` (N, T); with `reference`, KL, top-1 and greedy agreement.
 
@@ -43,6 +43,8 @@ def evaluate_causal(model, blocks: np.ndarray, *, reference=None, prompts: list[
         max_new_tokens: greedy tokens generated per prompt.
         batch_size: blocks per forward pass.
         reference_generations: the reference's greedy tokens when already known (the pipeline caches them).
+        reference_cache: a dict that keeps the reference's log-probs per batch across calls (budget searches
+            score many variants of one model on the same blocks).
         on_progress: callback(done, total) over blocks.
     Returns: {"perplexity", "nll", "tokens", "blocks", "block_size", and with a reference "kl", "top1_agreement",
               "greedy_prefix", "greedy_agreement" (prefix / max_new_tokens), plus "generations" (list of lists)}.
@@ -65,7 +67,12 @@ def evaluate_causal(model, blocks: np.ndarray, *, reference=None, prompts: list[
         nll_sum += float(-lp.gather(-1, target[..., None]).sum())
         count += target.numel()
         if ref is not None:
-            ref_lp = _log_probs(ref.forward(ids)[0])
+            if reference_cache is not None and start in reference_cache:
+                ref_lp = reference_cache[start]
+            else:
+                ref_lp = _log_probs(ref.forward(ids)[0])
+                if reference_cache is not None:
+                    reference_cache[start] = ref_lp
             kl_sum += float((ref_lp.exp() * (ref_lp - lp)).sum())
             agree += int((ref_lp.argmax(-1) == lp.argmax(-1)).sum())
         if on_progress:

@@ -17,10 +17,14 @@ from compress.quantization_causal import quantize_causal
 class QuantizeOrtConfig(PassConfig):
     """Quantize with ONNX Runtime. Defaults are the measured transformer-safe choices (toolchain.md §4-5, §10)."""
     type: Literal["quantize_ort"] = "quantize_ort"
-    mode: Literal["dynamic", "static", "fp16", "int4"] = Field(
+    mode: Literal["dynamic", "static", "fp16", "int4", "weight_only"] = Field(
         "dynamic", description="dynamic: int8 weights, activations quantized at run time (best on CPU); "
         "static: int8 QDQ with calibrated activation ranges (needs calibration data); fp16: for the CUDA provider; "
-        "int4: weight-only 4-bit MatMulNBits (causal LMs).")
+        "int4: weight-only 4-bit MatMulNBits (causal LMs); weight_only: MatMulNBits with `bits` (4 or 8).")
+    bits: Literal[4, 8] = Field(8, description="weight_only: bits per weight (int4 mode is always 4).")
+    algorithm: Literal["rtn", "hqq"] = Field(
+        "rtn", description="int4/weight_only: rtn = round to nearest; hqq = half-quadratic scale/zero search "
+        "(no data needed, less error at 4 bits).")
     block_size: int = Field(32, description="int4: weights per quantization block along the input dimension "
                                             "(16, 32, 64, 128 or 256).")
     symmetric: bool = Field(False, description="int4: symmetric blocks (no zero point); asymmetric keeps a minimum.")
