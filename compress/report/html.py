@@ -45,16 +45,31 @@ def _md_inline(text: str) -> str:
     return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
 
 
-def report_html(results: dict, plots: list[tuple[str, str, bytes]]) -> str:
-    """The whole page. `plots`: (stem, title, PNG bytes) from `report.plots.all_plots`."""
+def _header(results: dict) -> list[str]:
     summary = results.get("summary") or {}
-    env = results.get("environment") or {}
-    best = summary.get("best")
     parts = [f"<h1>Compression report: {html.escape(results['recipe'])}</h1>"]
     if results.get("description"):
         parts.append(f"<p>{_md_inline(results['description'])}</p>")
     if summary.get("note"):
         parts.append(f'<p class="note"><b>Result.</b> {_md_inline(summary["note"])}</p>')
+    return parts
+
+
+def _figures(plots: list[tuple[str, str, bytes]]) -> list[str]:
+    parts = ["<h2>Plots</h2>"]
+    for _stem, title, png in plots:
+        data64 = base64.b64encode(png).decode()
+        parts.append(f'<figure><img alt="{html.escape(title)}" src="data:image/png;base64,{data64}">'
+                     f"<figcaption>{html.escape(title)}</figcaption></figure>")
+    return parts
+
+
+def report_html(results: dict, plots: list[tuple[str, str, bytes]]) -> str:
+    """The whole page. `plots`: (stem, title, PNG bytes) from `report.plots.all_plots`."""
+    summary = results.get("summary") or {}
+    env = results.get("environment") or {}
+    best = summary.get("best")
+    parts = _header(results)
     ev = results.get("eval") or {}
     data = ev.get("data") or {}
     parts.append(f'<p class="small">Accuracy on <code>{html.escape(str(data.get("source")))}</code> split '
@@ -82,11 +97,7 @@ def report_html(results: dict, plots: list[tuple[str, str, bytes]]) -> str:
         met = [s["name"] for s in results["stages"][1:] if s.get("meets_goals")]
         parts.append("<h2>Goals</h2><ul>" + "".join(f"<li>{i}</li>" for i in items) + "</ul>"
                      f"<p>Stages meeting every goal: {html.escape(', '.join(met) or 'none')}.</p>")
-    parts.append("<h2>Plots</h2>")
-    for _stem, title, png in plots:
-        data64 = base64.b64encode(png).decode()
-        parts.append(f'<figure><img alt="{html.escape(title)}" src="data:image/png;base64,{data64}">'
-                     f"<figcaption>{html.escape(title)}</figcaption></figure>")
+    parts += _figures(plots)
     parts.append("<h2>Latency</h2>")
     parts.append(_table(["stage", "backend", "device", "batch", "seq", "p50 ms", "p90 ms", "x teacher"],
                         render.latency_rows(results)))
@@ -117,11 +128,7 @@ def _causal_html(results: dict, plots: list[tuple[str, str, bytes]]) -> str:
     summary = results.get("summary") or {}
     env = results.get("environment") or {}
     best = summary.get("best")
-    parts = [f"<h1>Compression report: {html.escape(results['recipe'])}</h1>"]
-    if results.get("description"):
-        parts.append(f"<p>{_md_inline(results['description'])}</p>")
-    if summary.get("note"):
-        parts.append(f'<p class="note"><b>Result.</b> {_md_inline(summary["note"])}</p>')
+    parts = _header(results)
     parts.append(f'<p class="small">{_md_inline(causal.explanation(results))}</p>')
     parts.append("<h2>Stages</h2>")
     best_rows = {i for i, s in enumerate(results["stages"]) if s["name"] == best}
@@ -134,11 +141,7 @@ def _causal_html(results: dict, plots: list[tuple[str, str, bytes]]) -> str:
         met = [s["name"] for s in results["stages"][1:] if s.get("meets_goals")]
         parts.append("<h2>Goals</h2><ul>" + "".join(f"<li>{_md_inline(i)}</li>" for i in lines) + "</ul>"
                      f"<p>Stages meeting every goal: {html.escape(', '.join(met) or 'none')}.</p>")
-    parts.append("<h2>Plots</h2>")
-    for _stem, title, png in plots:
-        data64 = base64.b64encode(png).decode()
-        parts.append(f'<figure><img alt="{html.escape(title)}" src="data:image/png;base64,{data64}">'
-                     f"<figcaption>{html.escape(title)}</figcaption></figure>")
+    parts += _figures(plots)
     parts.append("<h2>Latency and memory</h2>")
     parts.append(_table(causal.LATENCY_COLUMNS, causal.latency_rows(results)))
     gen = causal.generation_rows(results)

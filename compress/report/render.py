@@ -145,29 +145,13 @@ def markdown(results: dict, plot_files: list[tuple[str, str]] | None = None) -> 
         out += ["## Pipeline", "", _md_table(PIPELINE_COLUMNS, pipeline_rows(results)), ""]
     out += ["## Stage details", ""]
     for s in results["stages"]:
-        bits = [f"### {s['name']}", ""]
-        if s.get("note"):
-            bits += [s["note"], ""]
-        if s.get("pass"):
-            cached = " (reused from the cache)" if s.get("cached") else ""
-            bits += [f"`{s['pass']}` from `{s.get('from')}`, {_num(s.get('seconds'), '{:.1f}')} s{cached}. "
-                     f"Config: `{_compact(s.get('config'))}`", ""]
-        else:
-            bits += [f"Model `{s.get('path')}`.", ""]
-        scalars = _scalars(s.get("pass_metrics"))
-        if scalars:
-            bits += [", ".join(f"{k} = {_fmt(v)}" for k, v in scalars.items()), ""]
+        bits = _stage_detail(s)
         agree = s.get("agreement") or {}
         bits += [f"Agreement with the teacher: argmax {_pct(agree.get('argmax_agreement'))} %, mean KL "
                  f"{_num(agree.get('mean_kl'), '{:.4g}')}; nonzero weights {_pct(s.get('nonzero_fraction'))} %, "
                  f"zipped {_num(s.get('zipped_mb'), '{:.1f}')} MB. Path: `{s.get('path')}`", ""]
         out += bits
-    versions = ", ".join(f"{k} {v}" for k, v in (env.get("versions") or {}).items())
-    variables = "".join(f", {k}={v}" for k, v in (env.get("env") or {}).items())
-    out += ["## Environment", "", f"{env.get('cpu', '?')} (flags: {', '.join(env.get('cpu_flags') or []) or '-'}), "
-            f"{_threads(env)}{variables}, Python {env.get('python', '?')}; {versions}. "
-            f"Created {results.get('created', '?')} from recipe `{results['recipe']}`; stage cache `{results.get('run_dir')}`.",
-            ""]
+    out += _environment(results)
     spec = results.get("latency_spec")
     if spec:
         out += [f"Latency protocol: {spec.get('warmup')} warm-up runs, {spec.get('iters')} timed runs per shape in "
@@ -175,8 +159,36 @@ def markdown(results: dict, plot_files: list[tuple[str, str]] | None = None) -> 
     return "\n".join(out)
 
 
-def _causal_markdown(results: dict, plot_files) -> str:
+def _stage_detail(s: dict) -> list[str]:
+    """A stage's heading, note, pass line and scalar pass metrics (both report kinds)."""
+    bits = [f"### {s['name']}", ""]
+    if s.get("note"):
+        bits += [s["note"], ""]
+    if s.get("pass"):
+        cached = " (reused from the cache)" if s.get("cached") else ""
+        bits += [f"`{s['pass']}` from `{s.get('from')}`, {_num(s.get('seconds'), '{:.1f}')} s{cached}. "
+                 f"Config: `{_compact(s.get('config'))}`", ""]
+    else:
+        bits += [f"Model `{s.get('path')}`.", ""]
+    scalars = _scalars(s.get("pass_metrics"))
+    if scalars:
+        bits += [", ".join(f"{k} = {_fmt(v)}" for k, v in scalars.items()), ""]
+    return bits
+
+
+def _environment(results: dict) -> list[str]:
     env = results.get("environment") or {}
+    versions = ", ".join(f"{k} {v}" for k, v in (env.get("versions") or {}).items())
+    variables = "".join(f", {k}={v}" for k, v in (env.get("env") or {}).items())
+    if "OMP_WAIT_POLICY" not in (env.get("env") or {}):
+        variables += ", OMP_WAIT_POLICY unset (the OpenMP runtime's default)"
+    return ["## Environment", "", f"{env.get('cpu', '?')} (flags: {', '.join(env.get('cpu_flags') or []) or '-'}), "
+            f"{_threads(env)}{variables}, Python {env.get('python', '?')}; {versions}. "
+            f"Created {results.get('created', '?')} from recipe `{results['recipe']}`; stage cache `{results.get('run_dir')}`.",
+            ""]
+
+
+def _causal_markdown(results: dict, plot_files) -> str:
     summary = results.get("summary") or {}
     out = [f"# Compression report: {results['recipe']}", ""]
     if results.get("description"):
@@ -203,24 +215,8 @@ def _causal_markdown(results: dict, plot_files) -> str:
         out += ["## Pipeline", "", _md_table(PIPELINE_COLUMNS, pipeline_rows(results)), ""]
     out += ["## Stage details", ""]
     for s in results["stages"]:
-        bits = [f"### {s['name']}", ""]
-        if s.get("note"):
-            bits += [s["note"], ""]
-        if s.get("pass"):
-            cached = " (reused from the cache)" if s.get("cached") else ""
-            bits += [f"`{s['pass']}` from `{s.get('from')}`, {_num(s.get('seconds'), '{:.1f}')} s{cached}. "
-                     f"Config: `{_compact(s.get('config'))}`", ""]
-        scalars = _scalars(s.get("pass_metrics"))
-        if scalars:
-            bits += [", ".join(f"{k} = {_fmt(v)}" for k, v in scalars.items()), ""]
-        bits += [f"Path: `{s.get('path')}`", ""]
-        out += bits
-    versions = ", ".join(f"{k} {v}" for k, v in (env.get("versions") or {}).items())
-    variables = "".join(f", {k}={v}" for k, v in (env.get("env") or {}).items())
-    out += ["## Environment", "", f"{env.get('cpu', '?')} (flags: {', '.join(env.get('cpu_flags') or []) or '-'}), "
-            f"{_threads(env)}{variables}, Python {env.get('python', '?')}; {versions}. "
-            f"Created {results.get('created', '?')} from recipe `{results['recipe']}`; stage cache `{results.get('run_dir')}`.",
-            ""]
+        out += _stage_detail(s) + [f"Path: `{s.get('path')}`", ""]
+    out += _environment(results)
     spec = results.get("latency_spec")
     if spec:
         out += [f"Latency protocol: per shape and round {spec.get('causal_iters_per_round')} timed generations "
