@@ -338,3 +338,11 @@ def test_interrupted_budget_search_leaves_the_best_model_so_far(llama_onnx, tmp_
     settings = json.loads((tmp_path / "q" / "quantization.json").read_text())
     assert settings["partial"] is True and settings["search_step"] == 0
     assert load_model(tmp_path / "q").task == "text-generation"  # a usable model, in place
+
+
+def test_tied_embeddings_are_counted_once(llama):
+    from compress.evaluation.size import model_size
+
+    assert llama.module.config.tie_word_embeddings
+    size = model_size(llama)
+    assert size["size_mb"] == pytest.approx(llama.num_parameters() * 4 / 1e6, rel=0.02)

@@ -35,7 +35,14 @@ def model_size(model: TorchModel | OnnxModel) -> dict:
         from safetensors.torch import save_file
 
         path = Path(tmp) / "model.safetensors"
-        state = {k: v.detach().contiguous().clone() for k, v in model.module.state_dict().items()}
+        state, seen = {}, set()
+        for k, v in model.module.state_dict().items():
+            # Tied weights (lm_head = embeddings) are one tensor: count them once, as an HF checkpoint stores them.
+            key = (v.data_ptr(), v.numel(), tuple(v.shape))
+            if v.numel() and key in seen:
+                continue
+            seen.add(key)
+            state[k] = v.detach().contiguous().clone()
         save_file(state, str(path))
         raw, zipped = path.stat().st_size, _zipped_size([path])
     return {"params": params, "nonzero_fraction": nonzero / max(params, 1), "size_mb": raw / 1e6,
