@@ -45,6 +45,19 @@ def _md_inline(text: str) -> str:
     return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
 
 
+def _page(results: dict, parts: list[str]) -> str:
+    """The environment paragraph, then the whole self-contained page around `parts`."""
+    env = results.get("environment") or {}
+    versions = ", ".join(f"{k} {v}" for k, v in (env.get("versions") or {}).items())
+    parts = parts + [f"<h2>Environment</h2><p class=small>{html.escape(str(env.get('cpu', '?')))} (flags: "
+                     f"{html.escape(', '.join(env.get('cpu_flags') or []) or '-')}), {render._threads(env)}, "
+                     f"Python {html.escape(str(env.get('python', '?')))}; {html.escape(versions)}. Created "
+                     f"{html.escape(str(results.get('created', '?')))}.</p>"]
+    title = html.escape(f"compress report: {results['recipe']}")
+    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
+            f"<style>{CSS}</style></head><body>{''.join(parts)}<script>{SCRIPT}</script></body></html>\n")
+
+
 def _header(results: dict) -> list[str]:
     summary = results.get("summary") or {}
     parts = [f"<h1>Compression report: {html.escape(results['recipe'])}</h1>"]
@@ -113,20 +126,12 @@ def report_html(results: dict, plots: list[tuple[str, str, bytes]]) -> str:
         parts.append(f"<p><b>{html.escape(s['name'])}</b>: {how}. {detail}<br><span class=small>config "
                      f"<code>{html.escape(render._compact(s.get('config')))}</code>; path <code>{html.escape(str(s.get('path')))}"
                      "</code></span></p>")
-    versions = ", ".join(f"{k} {v}" for k, v in (env.get("versions") or {}).items())
-    parts.append(f"<h2>Environment</h2><p class=small>{html.escape(str(env.get('cpu', '?')))} (flags: "
-                 f"{html.escape(', '.join(env.get('cpu_flags') or []) or '-')}), {render._threads(env)}, "
-                 f"Python {html.escape(str(env.get('python', '?')))}; {html.escape(versions)}. Created "
-                 f"{html.escape(str(results.get('created', '?')))}.</p>")
-    title = html.escape(f"compress report: {results['recipe']}")
-    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
-            f"<style>{CSS}</style></head><body>{''.join(parts)}<script>{SCRIPT}</script></body></html>\n")
+    return _page(results, parts)
 
 
 def _causal_html(results: dict, plots: list[tuple[str, str, bytes]]) -> str:
     """The causal-LM page: the same sections as report.md (perplexity, agreement, decode speed, memory)."""
     summary = results.get("summary") or {}
-    env = results.get("environment") or {}
     best = summary.get("best")
     parts = _header(results)
     parts.append(f'<p class="small">{_md_inline(causal.explanation(results))}</p>')
@@ -151,11 +156,4 @@ def _causal_html(results: dict, plots: list[tuple[str, str, bytes]]) -> str:
     if results.get("pipeline"):
         parts.append("<h2>Pipeline</h2>")
         parts.append(_table(render.PIPELINE_COLUMNS, render.pipeline_rows(results)))
-    versions = ", ".join(f"{k} {v}" for k, v in (env.get("versions") or {}).items())
-    parts.append(f"<h2>Environment</h2><p class=small>{html.escape(str(env.get('cpu', '?')))} (flags: "
-                 f"{html.escape(', '.join(env.get('cpu_flags') or []) or '-')}), {render._threads(env)}, "
-                 f"Python {html.escape(str(env.get('python', '?')))}; {html.escape(versions)}. Created "
-                 f"{html.escape(str(results.get('created', '?')))}.</p>")
-    title = html.escape(f"compress report: {results['recipe']}")
-    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
-            f"<style>{CSS}</style></head><body>{''.join(parts)}<script>{SCRIPT}</script></body></html>\n")
+    return _page(results, parts)

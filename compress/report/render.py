@@ -111,11 +111,7 @@ def markdown(results: dict, plot_files: list[tuple[str, str]] | None = None) -> 
         return _causal_markdown(results, plot_files)
     env = results.get("environment") or {}
     summary = results.get("summary") or {}
-    out = [f"# Compression report: {results['recipe']}", ""]
-    if results.get("description"):
-        out += [results["description"].strip(), ""]
-    if summary.get("note"):
-        out += [f"**Result.** {summary['note']}", ""]
+    out = _md_header(results)
     ev = results.get("eval") or {}
     data = ev.get("data") or {}
     out += [f"Accuracy on `{data.get('source')}` split `{data.get('split')}` ({ev.get('examples', '?')} examples); "
@@ -188,13 +184,19 @@ def _environment(results: dict) -> list[str]:
             ""]
 
 
-def _causal_markdown(results: dict, plot_files) -> str:
+def _md_header(results: dict) -> list[str]:
     summary = results.get("summary") or {}
     out = [f"# Compression report: {results['recipe']}", ""]
     if results.get("description"):
         out += [results["description"].strip(), ""]
     if summary.get("note"):
         out += [f"**Result.** {summary['note']}", ""]
+    return out
+
+
+def _causal_markdown(results: dict, plot_files) -> str:
+    summary = results.get("summary") or {}
+    out = _md_header(results)
     out += [causal.explanation(results), ""]
     out += ["## Stages", "", _md_table(causal.STAGE_COLUMNS, causal.stage_rows(results)), ""]
     lines = causal.goal_lines(results)
