@@ -191,14 +191,22 @@ def match_exclusions(patterns: list[str], node_names: list[str], examples: list[
 _LAYER = re.compile(r"(?:layers?|blocks?|h)[._/](\d+)(?=[./_]|$)")
 
 
+def layer_of(texts) -> str | None:
+    """"layer.3" for the first of `texts` (node name, inputs, outputs) that names a transformer layer, else None."""
+    for text in texts:
+        found = _LAYER.search(text)
+        if found:
+            return f"layer.{int(found.group(1))}"
+    return None
+
+
 def unit_of(node, granularity: str) -> str:
     """The sensitivity unit of a node: its transformer layer ("layer.3"), "embeddings", or the node itself."""
     if granularity == "node":
         return node.name
-    for text in [node.name, *node.output, *node.input]:
-        found = _LAYER.search(text)
-        if found:
-            return f"layer.{int(found.group(1))}"
+    layer = layer_of([node.name, *node.output, *node.input])
+    if layer:
+        return layer
     if any("embed" in t.lower() for t in [node.name, *node.output]):
         return "embeddings"
     return node.name

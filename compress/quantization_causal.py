@@ -28,16 +28,17 @@ import numpy as np
 
 from compress.artifacts import MANIFEST_FILE, OnnxModel, TorchModel
 from compress.errors import CompressError
+from compress.evaluation.perplexity import evaluate_causal
 from compress.quantization import (
     SETTINGS_FILE,
     SETTINGS_FORMAT,
     QuantizeResult,
     count_ops,
     cpu_int8_profile,
+    layer_of,
     load_graph,
     match_exclusions,
     resolve_int8_types,
-    unit_of,
 )
 
 log = logging.getLogger(__name__)
@@ -80,13 +81,7 @@ def causal_unit(name: str) -> str:
     """Sensitivity unit of a decoder node: its layer ("layer.7") or the output head."""
     if "lm_head" in name:
         return HEAD_UNIT
-
-    class _N:  # unit_of reads .name/.input/.output
-        pass
-
-    n = _N()
-    n.name, n.input, n.output = name, [], []
-    return unit_of(n, "layer")
+    return layer_of([name]) or name
 
 
 def make_causal_variant(src: Path, out: Path, cfg, nodes: list[str], exclude: list[str], types: dict,
@@ -165,16 +160,13 @@ class _Scorer:
     """Perplexity and KL of a variant against the fp32 ONNX model on the budget blocks."""
 
     def __init__(self, fp32: OnnxModel, blocks: np.ndarray):
-        from compress.evaluation.perplexity import evaluate_causal
-
         self.blocks, self.fp32 = blocks, fp32
-        self._eval = evaluate_causal
         self.cache: dict = {}  # the fp32 model's log-probs per batch, computed once for every variant
         self.base = evaluate_causal(fp32, blocks)
 
     def __call__(self, path: Path) -> dict:
         variant = OnnxModel(path, self.fp32.task, self.fp32.tokenizer, source=str(path))
-        m = self._eval(variant, self.blocks, reference=self.fp32, reference_cache=self.cache)
+        m = evaluate_causal(variant, self.blocks, reference=self.fp32, reference_cache=self.cache)
         return {"perplexity": m["perplexity"], "kl": m["kl"], "top1_agreement": m["top1_agreement"],
                 "ppl_increase": m["perplexity"] / self.base["perplexity"] - 1}
 
@@ -250,7 +242,7 @@ def quantize_causal(model: TorchModel | OnnxModel, out_dir: str | Path, cfg, *, 
             metrics.update(search)
             if not metrics["budget_met"]:
                 warnings.append(f"{cfg.budget_metric} budget {cfg.max_drop} not met: best {metrics['drop']:.4f} "
-                                f"(kept {metrics['fallback']}: {', '.join(metrics['kept_fp32_units']) or 'nothing'}); the best model found is written")
+                                f"(kept {metrics['fallback']}: {', '.join(metrics['kept_units']) or 'nothing'}); the best model found is written")
         staged = _stage_folder(chosen, fp32, tmp / "out", None)
         counts = count_ops(staged / "model.onnx")
         ops = counts["ops"]
@@ -371,7 +363,7 @@ def _summary(cfg, steps, best, table, units, scorer) -> dict:
                 for u in pick["excluded_units"] for n in units[u]]
     return {"perplexity_fp32": scorer.base["perplexity"], "perplexity": pick["perplexity"], "kl": pick["kl"],
             "drop": budget_value(cfg, pick), "budget_metric": cfg.budget_metric, "max_drop": cfg.max_drop,
-            "budget_met": budget_value(cfg, pick) <= cfg.max_drop, "kept_fp32_units": pick["excluded_units"],
+            "budget_met": budget_value(cfg, pick) <= cfg.max_drop, "kept_units": pick["excluded_units"],
             "fallback": kept_as,
             "sensitivity": table, "search": steps, "excluded": excluded,
             "sensitivity_per_layer": {r["unit"]: r["score"] for r in table}}

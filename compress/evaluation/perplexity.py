@@ -81,7 +81,7 @@ def evaluate_causal(model, blocks: np.ndarray, *, reference=None, prompts: list[
     out: dict = {"perplexity": float(np.exp(nll)), "nll": nll, "tokens": int(count), "blocks": int(len(blocks)),
                  "block_size": int(blocks.shape[1])}
     if ref is not None:
-        out.update({"kl": kl_sum / count, "top1_agreement": agree / count})
+        out.update({"kl": max(kl_sum / count, 0.0), "top1_agreement": agree / count})  # float rounding: -1e-9
     if prompts:
         generations = generate_greedy(run, prompts, max_new_tokens)
         out["generations"] = generations.tolist()

@@ -125,8 +125,10 @@ def export_causal(model: TorchModel, out_dir: str | Path, *, texts: list[str] | 
         onnx_path = staged / "model.onnx"
         import onnx
 
-        used_opset = next(o.version for o in onnx.load(str(onnx_path), load_external_data=False).opset_import
-                          if o.domain in ("", "ai.onnx"))
+        graph = onnx.load(str(onnx_path), load_external_data=False)  # one read of a model of hundreds of MB
+        used_opset = next(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx"))
+        input_names = [i.name for i in graph.graph.input]
+        del graph
         onnx_model = OnnxModel(onnx_path, CAUSAL_TASK, tokenizer=model.tokenizer, source=model.source)
         parity = check_causal_parity(model, onnx_model, blocks, prompts, new_tokens)
         if not parity.ok(atol):
@@ -138,7 +140,7 @@ def export_causal(model: TorchModel, out_dir: str | Path, *, texts: list[str] | 
                 "raise --atol if the difference is expected, or report the architecture")
         seconds = time.perf_counter() - started
         manifest = {"format": 1, "task": CAUSAL_TASK, "exporter": EXPORTER, "opset": used_opset,
-                    "input_names": [i.name for i in onnx.load(str(onnx_path), load_external_data=False).graph.input]}
+                    "input_names": input_names}
         (staged / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
         report = {"exporter": EXPORTER, "opset": used_opset, "parity": asdict(parity), "atol": atol,
                   "seconds": round(seconds, 2)}
