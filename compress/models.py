@@ -386,8 +386,6 @@ def _load_checkpoint(path: Path, task, num_labels, arch, allow_pickle) -> TorchM
         except Exception as e:  # torch raises UnpicklingError (or others) for pickled modules under weights_only
             if allow_pickle or "Weights only load failed" not in str(e):
                 raise load_error(path, e) from e
-            if allow_pickle:
-                raise CompressError(f"cannot read checkpoint '{path}': {e}", "check the file is a torch checkpoint") from e
             raise CompressError(
                 f"'{path}' is not a plain state dict (it holds pickled objects, which can run code)",
                 "re-save it with torch.save(model.state_dict()), or pass --allow-pickle if you trust the file",
