@@ -142,6 +142,11 @@ def sync_hf_config(module) -> None:
         setattr(config, attr, widths.pop())
 
 
+# (up, down) FFN Linears: BERT/RoBERTa/ELECTRA/DeBERTa/ViT, DistilBERT, ALBERT (one shared layer), ConvNeXt.
+FFN_PAIRS = (("intermediate.dense", "output.dense"), ("ffn.lin1", "ffn.lin2"), ("ffn", "ffn_output"),
+             ("pwconv1", "pwconv2"))
+
+
 def ffn_groups(module) -> list[UnitGroup]:
     """The feed-forward neurons of each transformer layer: BERT/RoBERTa/ELECTRA-style
     (`intermediate.dense` -> `output.dense`) and DistilBERT-style (`ffn.lin1` -> `ffn.lin2`)."""
@@ -149,10 +154,7 @@ def ffn_groups(module) -> list[UnitGroup]:
 
     groups = []
     for name, layer in module.named_modules():
-        # BERT/RoBERTa/ELECTRA/DeBERTa/ViT, DistilBERT, ALBERT (one shared layer), ConvNeXt (pointwise MLP).
-        pairs = [("intermediate.dense", "output.dense"), ("ffn.lin1", "ffn.lin2"), ("ffn", "ffn_output"),
-                 ("pwconv1", "pwconv2")]
-        for up_name, down_name in pairs:
+        for up_name, down_name in FFN_PAIRS:
             try:
                 up, down = layer.get_submodule(up_name), layer.get_submodule(down_name)
             except AttributeError:
@@ -161,7 +163,6 @@ def ffn_groups(module) -> list[UnitGroup]:
                 groups.append(UnitGroup(f"{name}.{up_name}", up.out_features, [f"{name}.{up_name}"],
                                         [(f"{name}.{down_name}", 1)]))
     return groups
-
 
 
 # --- low-rank factor pairs (factorize) ----------------------------------------------------------------
@@ -245,8 +246,6 @@ def _swap_in_empty(module, modules: list[str]) -> None:
     for name in modules:
         linear = module.get_submodule(name)
         swap_module(module, name, cls(linear.in_features, linear.out_features, linear.bias is not None))
-
-
 
 
 # --- resize (channel pruning through a dependency graph) ---------------------------------------------------
