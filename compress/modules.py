@@ -51,9 +51,10 @@ def select_modules(module, types: tuple, targets: list[str] | None = None, exclu
     """
     from torch import nn
 
-    named = [(n, m) for n, m in module.named_modules() if n and isinstance(m, types)]
-    check_globs([n for n, _ in module.named_modules() if n], list(targets or []) + list(exclude or []))
-    linears = [n for n, m in module.named_modules() if isinstance(m, nn.Linear)]
+    every = [(n, m) for n, m in module.named_modules() if n]
+    check_globs([n for n, _ in every], list(targets or []) + list(exclude or []))
+    named = [(n, m) for n, m in every if isinstance(m, types)]
+    linears = [n for n, m in every if isinstance(m, nn.Linear)]
     output_layer = linears[-1] if linears else None
     out = Targets()
     for name, layer in named:
