@@ -18,16 +18,9 @@ from compress.artifacts import TorchModel
 from compress.config import StrictConfig
 from compress.distillation import DistillSettings, run_distillation
 from compress.errors import CompressError
-from compress.modules import DEFAULT_EXCLUDE, Targets, select_modules
 from compress.registry import Registry
-from compress.surgery import UnitGroup, ffn_groups, slice_inputs, slice_outputs, sync_hf_config
 
 log = logging.getLogger(__name__)
-
-# Kept importable from here (older callers): selection lives in compress.modules, surgery in compress.surgery.
-__all__ = ["DEFAULT_EXCLUDE", "Targets", "select_layers", "UnitGroup", "ffn_groups", "slice_inputs", "slice_outputs",
-           "sync_hf_config"]
-select_layers = select_modules
 
 # --- what: importance scores ------------------------------------------------------------------------------
 

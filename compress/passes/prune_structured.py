@@ -19,15 +19,13 @@ from compress.pruning import (
     attention_modules,
     channel_groups,
     copy_model,
-    ffn_groups,
     head_slices,
     importance_fn,
     record_pruned_heads,
     recover,
     round_keep,
-    sync_hf_config,
 )
-from compress.surgery import resize_record, tensor_shapes
+from compress.surgery import ffn_groups, resize_record, sync_hf_config, tensor_shapes
 
 log = logging.getLogger(__name__)
 
