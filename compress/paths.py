@@ -2,7 +2,7 @@
 
 Every command and the pipeline call `guard_output` before any work, so a careless `-o` fails in one line
 (exit 2) with the input untouched. Outputs are then built beside their destination and renamed into place
-(`publish_dir`), so a failure never leaves a half-written folder.
+(`compress.artifacts.publish_dir`), so a failure never leaves a half-written folder.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-from compress.artifacts import publish_dir  # noqa: F401  (re-exported: the one atomic publish)
 from compress.errors import CompressError
 
 # Files that mark a folder as one compress wrote: only such a folder (or an empty one) is replaced as a whole.
