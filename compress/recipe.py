@@ -337,8 +337,9 @@ def load_recipe(path: str | Path) -> Recipe:
     path = Path(path)
     if not path.is_file():
         raise CompressError(f"recipe '{path}' not found", "pass an existing YAML file, e.g. recipes/quickstart.yaml")
-    if path.stat().st_size > MAX_RECIPE_BYTES:
-        raise CompressError(f"{path}: {path.stat().st_size:,} bytes is too large for a recipe "
+    size = path.stat().st_size
+    if size > MAX_RECIPE_BYTES:
+        raise CompressError(f"{path}: {size:,} bytes is too large for a recipe "
                             f"(at most {MAX_RECIPE_BYTES:,})", "pass the recipe YAML, not a data or model file")
     try:
         text = path.read_bytes().decode("utf-8")
