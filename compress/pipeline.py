@@ -75,6 +75,8 @@ class Runner:
         self.reused: set[str] = set()  # stages taken from the cache in this run
         self.load_kwargs = {k: v for k, v in {"task": recipe.task, "num_labels": recipe.num_labels}.items() if v}
         self.keys = self._keys()
+        self._teacher_model = None  # causal LMs: the reference every stage's KL is measured against
+        self._teacher_generations = None  # ...and its greedy tokens, computed once
 
     # --- keys and folders --------------------------------------------------------------------------------------
 
@@ -275,11 +277,16 @@ class Runner:
         ev = self.recipe.eval
         examples = self.examples("eval")
         blocks = pack_blocks(model.tokenizer, list(examples.texts), ev.block_size, ev.max_blocks)
-        is_teacher = entry is self._entries[0] if getattr(self, "_entries", None) else entry["ref"] == TEACHER_REF
-        reference = None if is_teacher else self._causal_teacher()
-        metrics = evaluate_causal(model, blocks, reference=reference, prompts=prompt_ids(model.tokenizer),
-                                  max_new_tokens=ev.new_tokens, threads=ev.threads,
-                                  reference_generations=getattr(self, "_teacher_generations", None))
+        teacher_entry = self.entries()[0]
+        is_teacher = entry["name"] == teacher_entry["name"]
+        if not is_teacher:
+            if self._teacher_generations is None:  # the teacher's own (cached) evaluation holds its greedy tokens
+                self._teacher_generations = self.evaluate(teacher_entry)["metrics"]["generations"]
+            if self._teacher_model is None:
+                self._teacher_model = self.load(teacher_entry["ref"])
+        metrics = evaluate_causal(model, blocks, reference=None if is_teacher else self._teacher_model,
+                                  prompts=prompt_ids(model.tokenizer), max_new_tokens=ev.new_tokens,
+                                  threads=ev.threads, reference_generations=self._teacher_generations)
         if is_teacher:
             self._teacher_generations = metrics["generations"]
             metrics.update({"kl": 0.0, "top1_agreement": 1.0, "greedy_prefix": float(ev.new_tokens),
@@ -289,15 +296,6 @@ class Runner:
         cached.parent.mkdir(parents=True, exist_ok=True)
         _write_atomic(cached, lambda p: p.write_text(json.dumps(facts, indent=2)))
         return facts
-
-    def _causal_teacher(self):
-        if getattr(self, "_teacher_model", None) is None:
-            ref = self._entries[0]["ref"] if getattr(self, "_entries", None) else TEACHER_REF
-            self._teacher_model = self.load(ref)
-            if getattr(self, "_teacher_generations", None) is None:
-                teacher_eval = self.evaluate(self._entries[0])
-                self._teacher_generations = teacher_eval["metrics"].get("generations")
-        return self._teacher_model
 
 
 def _write_atomic(path: Path, write: Callable[[Path], None], suffix: str = "") -> None:
@@ -338,7 +336,6 @@ def _run_locked(runner: Runner, recipe: Recipe, fresh: bool) -> dict:
         torch.set_num_threads(recipe.eval.threads)
     runner.run_stages()
     entries = runner.entries()
-    runner._entries = entries
     emit = runner.emit
     evals = []
     for i, entry in enumerate(entries):
@@ -355,10 +352,7 @@ def _run_locked(runner: Runner, recipe: Recipe, fresh: bool) -> dict:
     for entry, ev in zip(entries, evals, strict=False):
         record = entry["record"] or {}
         size = ev["size"]
-        rows = [{k: r[k] for k in ("device", "backend", "batch_size", "seq_len", "p50_ms", "p90_ms", "p99_ms",
-                                   "throughput_per_s", "threads", "decode_tokens_per_s", "prefill_tokens_per_s",
-                                   "ttft_ms", "ttft_p90_ms", "peak_rss_mb", "peak_gpu_mb", "new_tokens",
-                                   "providers", "nodes_per_provider") if k in r}
+        rows = [{k: v for k, v in r.items() if k != "model"}  # every figure the bench measured, per shape
                 for r in timing["results"] if r["model"] == entry["name"]]
         stage = recipe.stage(entry["name"]) if record else None
         stages.append({

@@ -41,7 +41,8 @@ class BenchSpec(BaseModel):
     new_tokens: int = Field(32, ge=1, description="Causal LMs: greedy tokens decoded after each prompt (seq_lens are "
                                                   "prompt lengths).")
     causal_iters_per_round: int = Field(3, ge=1, description="Causal LMs: timed generations per shape and round.")
-    causal_warmup: int = Field(1, ge=0, description="Causal LMs: untimed generations before the first round.")
+    causal_warmup: int = Field(1, ge=0, description="Causal LMs: untimed generations before each timed slice "
+                                                     "(re-warms caches after another worker ran).")
 
 
 def physical_cores() -> int:
@@ -62,15 +63,11 @@ def percentiles(times_ms: list[float], batch_size: int) -> dict:
 def causal_figures(samples: dict, batch_size: int, prompt_len: int, new_tokens: int) -> dict:
     """Decoder figures from per-iteration samples. `p50_ms` is the median decode step (ms per generated token
     at this batch), so speedups of causal stages are decode speedups."""
-    prefill, decode = np.asarray(samples["prefill_ms"]), np.asarray(samples["decode_ms"])
-    p50_decode, p50_prefill = float(np.percentile(decode, 50)), float(np.percentile(prefill, 50))
-    return {"p50_ms": round(p50_decode, 3), "p90_ms": round(float(np.percentile(decode, 90)), 3),
-            "p99_ms": round(float(np.percentile(decode, 99)), 3), "mean_ms": round(float(decode.mean()), 3),
-            "decode_tokens_per_s": round(1000.0 * batch_size / p50_decode, 2),
-            "prefill_tokens_per_s": round(1000.0 * batch_size * prompt_len / p50_prefill, 1),
-            "ttft_ms": round(p50_prefill, 2), "ttft_p90_ms": round(float(np.percentile(prefill, 90)), 2),
-            "throughput_per_s": round(1000.0 * batch_size / p50_decode, 2), "new_tokens": new_tokens,
-            "runs": int(len(decode))}
+    decode = percentiles(samples["decode_ms"], batch_size)  # per generated token: throughput = decode tokens/s
+    prefill = percentiles(samples["prefill_ms"], batch_size * prompt_len)  # per prompt: prompt tokens/s
+    return {**decode, "decode_tokens_per_s": decode["throughput_per_s"],
+            "prefill_tokens_per_s": prefill["throughput_per_s"], "ttft_ms": prefill["p50_ms"],
+            "ttft_p90_ms": prefill["p90_ms"], "new_tokens": new_tokens}
 
 
 def time_runs(fn: Callable[[], object], warmup: int, iters: int, sync: Callable[[], None] = lambda: None) -> list[float]:
@@ -215,8 +212,6 @@ class _LocalWorker:
     def run_causal(self, batch_size: int, prompt_len: int, warmup: int, iters: int, new_tokens: int) -> dict:
         """Generation timed as users run it: prefill a prompt of real-vocabulary tokens (time to first token), then
         `new_tokens` greedy decode steps with the KV cache. Per iteration: prefill ms and decode ms per step."""
-        import numpy as np
-
         self.runner.check_length(prompt_len + new_tokens + 1)
         vocab = len(self.model.tokenizer) if self.model.tokenizer is not None else 1000
         rng = np.random.default_rng(0)
@@ -254,23 +249,18 @@ class _LocalWorker:
         """Nodes per execution provider, from one profiled run (ONNX only)."""
         if not self.is_onnx:
             return {}
-        if self.causal:
-            import tempfile
-
-            from compress.export.ort import make_session, nodes_per_provider
-
-            with tempfile.TemporaryDirectory() as tmp:
-                session = make_session(self.model.path, device=self.device, profile_dir=tmp, threads=1)
-                return nodes_per_provider(session, self.runner.prefill_feed(batch_size, min(seq_len, 16)))
         import tempfile
 
         from compress.export.ort import make_session, nodes_per_provider
 
         with tempfile.TemporaryDirectory() as tmp:
             session = make_session(self.model.path, device=self.device, profile_dir=tmp, threads=1)
-            names = [i.name for i in session.get_inputs()]
-            batch = self.inputs(batch_size, seq_len)
-            return nodes_per_provider(session, {n: batch[n].numpy() for n in names})
+            if self.causal:  # a short prompt with an empty cache runs every node of the decoder graph
+                feed = self.runner.prefill_feed(batch_size, min(seq_len, 16))
+            else:
+                batch = self.inputs(batch_size, seq_len)
+                feed = {i.name: batch[i.name].numpy() for i in session.get_inputs()}
+            return nodes_per_provider(session, feed)
 
 
 class _ProcessWorker:
@@ -368,9 +358,8 @@ def bench(models: list[str], spec: BenchSpec | None = None, *, labels: list[str]
                 for b, s in shapes:
                     for i, w in enumerate(workers):  # round-robin: every model gets a slice each round
                         warm = spec.warmup if rnd == 0 else max(1, spec.warmup // 5)
-                        if w.info.get("task") == CAUSAL_TASK:
-                            got = w.run_causal(b, s, min(warm, spec.causal_warmup), spec.causal_iters_per_round,
-                                               spec.new_tokens)
+                        if w.info.get("task") == CAUSAL_TASK:  # whole generations: warm up once per slice
+                            got = w.run_causal(b, s, spec.causal_warmup, spec.causal_iters_per_round, spec.new_tokens)
                             slot = times.setdefault((i, b, s), {"prefill_ms": [], "decode_ms": []})
                             for key in slot:
                                 slot[key].extend(got[key])

@@ -16,7 +16,8 @@ from compress.passes.base import PassConfig, PassContext, PassResult, register_p
 class ExportOnnxConfig(PassConfig):
     """Export to ONNX with dynamic axes; fail when ONNX Runtime outputs differ from PyTorch."""
     type: Literal["export_onnx"] = "export_onnx"
-    opset: int = Field(17, ge=11, le=23, description="ONNX opset.")
+    opset: int | None = Field(None, ge=11, le=23, description="ONNX opset (default 17; causal LMs: optimum's "
+                              "choice for the architecture).")
     exporter: Literal["auto", "torchscript", "dynamo"] = Field("auto", description="Exporter; auto falls back to dynamo.")
     optimize: Literal["none", "ort", "transformer"] = Field("none", description="Graph optimization of the exported model.")
     ort_format: bool = Field(False, description="Also write model.ort.")
@@ -33,7 +34,7 @@ def export_onnx(model, cfg: ExportOnnxConfig, ctx: PassContext) -> PassResult:
     if is_causal(model):
         texts = list(ctx.data.eval.texts[: cfg.check_examples]) if ctx.data.eval is not None else None
         result = export_causal(model, ctx.workdir / "onnx", texts=texts, atol=cfg.atol or 1e-3,
-                               opset=None if cfg.opset == 17 else cfg.opset)
+                               opset=cfg.opset)
         p = result.parity
         return PassResult(result.model, {"exporter": result.exporter, "opset": result.opset,
                                          "parity_max_abs_diff": p.max_abs_diff,
@@ -42,7 +43,7 @@ def export_onnx(model, cfg: ExportOnnxConfig, ctx: PassContext) -> PassResult:
     batches = None
     if ctx.data.eval is not None and model.task != "feature-extraction":
         batches = list(iter_batches(model, ctx.data.eval.subset(range(min(cfg.check_examples, len(ctx.data.eval)))), 16))
-    result = export(model, ctx.workdir / "onnx", check_batches=batches, opset=cfg.opset, exporter=cfg.exporter,
+    result = export(model, ctx.workdir / "onnx", check_batches=batches, opset=cfg.opset or 17, exporter=cfg.exporter,
                     optimize=cfg.optimize, ort_format=cfg.ort_format, atol=cfg.atol or 1e-4)
     return PassResult(result.model, {"exporter": result.exporter, "opset": result.opset,
                                      "parity_max_abs_diff": result.parity.max_abs_diff,
