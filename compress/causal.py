@@ -60,6 +60,7 @@ class CausalRunner:
         self.model = model
         self.device = device
         self.is_onnx = isinstance(model, OnnxModel)
+        self.context = context_length(model)  # read once (an ONNX folder's config.json)
         if self.is_onnx:
             from compress.export.ort import make_session
 
@@ -109,7 +110,7 @@ class CausalRunner:
         return np.stack(out, 1)
 
     def check_length(self, total: int) -> None:
-        limit = context_length(self.model)
+        limit = self.context
         if limit is not None and total > limit:
             raise CompressError(f"a sequence of {total} tokens is longer than the model's context of {limit}",
                                 "use shorter prompts / blocks or fewer new tokens")
