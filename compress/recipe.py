@@ -129,6 +129,56 @@ class Goals(_Strict):
     speedup_vs: str = Field(TEACHER_REF, description="Stage whose latency is the speedup reference (default: the teacher).")
 
 
+class SearchFidelity(_Strict):
+    """Cheap first: every trial is scored at low fidelity, and only a trial that can still be chosen (within the
+    budget plus `slack`, and faster or smaller than the best full-fidelity trial so far) is run at full fidelity."""
+
+    validation_limit: int | None = Field(None, gt=0, description="Low fidelity scores on the first N validation "
+                                         "examples (causal LMs: blocks of them) instead of all of them.")
+    overrides: dict[str, Any] = Field({}, description="Stage options set to cheap values at low fidelity, as dotted "
+                                      "paths like the space (`prune-ffn.recover.epochs: 1`, `distill.epochs: 1`).")
+    slack: float = Field(0.01, ge=0, description="A low-fidelity trial goes on while its accuracy drop is at most "
+                         "the budget plus this (1 pt = 0.01; causal LMs: relative perplexity).")
+    pruner: Literal["front", "halving", "none"] = Field("front", description="front: stop trials that cannot be "
+                                                        "chosen (over budget + slack, or no better than the best so "
+                                                        "far); halving: also Optuna's SuccessiveHalvingPruner on the "
+                                                        "low-fidelity objective; none: every trial runs at full fidelity.")
+
+
+class SearchConfig(_Strict):
+    """`compress search`: which stage options vary, what is minimized, under which accuracy budget, for how long."""
+
+    space: dict[str, list[Any]] = Field(min_length=1, description="Stage options that vary, `<stage>.<option>: "
+                                        "[values]` (nested: `prune-ffn.recover.epochs`); `<stage>.enabled: [true, "
+                                        "false]` runs or skips a stage (its consumers then take its input).")
+    candidate: str | None = Field(None, description="Stage whose output is the candidate model (default: the last "
+                                                    "stage that is not a baseline).")
+    objective: Literal["latency", "size"] = Field("latency", description="Minimized: p50 latency at the primary "
+                                                  "shape (eval.primary), or size on disk in MB.")
+    max_accuracy_drop: float | None = Field(None, ge=0, le=1, description="Budget: largest accuracy drop versus the "
+                                            "teacher on data.validation, as a fraction (0.01 = 1 pt).")
+    max_perplexity_increase: float | None = Field(None, ge=0, description="Causal LMs: budget on the relative "
+                                                  "perplexity increase versus the teacher on data.validation.")
+    trials: int = Field(20, ge=1, description="Trials in the study (finished ones count after a resume).")
+    max_hours: float | None = Field(None, gt=0, description="Wall-time budget of the trials, summed over resumes.")
+    sampler: Literal["tpe", "random", "grid"] = Field("tpe", description="Optuna sampler (tpe is constrained by the "
+                                                      "budget; grid walks the whole space).")
+    seed: int = Field(0, description="Seed of the sampler.")
+    fidelity: SearchFidelity | None = Field(None, description="Low-fidelity first pass (default: every trial runs "
+                                                              "at full fidelity).")
+    finalists: int = Field(3, ge=1, description="Best full-fidelity trials re-timed together (with the teacher and "
+                                                "the baselines) in one interleaved bench before the choice.")
+    trial_latency: BenchSpec | None = Field(None, description="Latency protocol of each trial (default: eval.latency "
+                                                              "at the primary shape only, one round).")
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> SearchConfig:
+        if (self.max_accuracy_drop is None) == (self.max_perplexity_increase is None):
+            raise ValueError("give exactly one budget: max_accuracy_drop (classifiers) or max_perplexity_increase "
+                             "(causal LMs)")
+        return self
+
+
 class Stage(_Strict):
     """One named step: a pass applied to the output of `from`."""
 
@@ -181,10 +231,14 @@ class Recipe(_Strict):
     stages: list[Stage] = Field(min_length=1, description="The stages, run in order.")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation settings.")
     goals: Goals | None = Field(None, description="Optional goals; the report gives verdicts.")
+    search: SearchConfig | None = Field(None, description="`compress search`: the space, objective, budget and "
+                                                          "fidelity (ignored by `compress run`).")
 
     @model_validator(mode="after")
     def _check_graph(self) -> Recipe:
         plan(self)  # raises ValueError naming the YAML path
+        if self.search is not None:
+            check_search(self)
         return self
 
     # --- derived facts --------------------------------------------------------------------------------------
@@ -290,6 +344,141 @@ def plan(recipe: Recipe) -> list[PlanStep]:
     if teacher_stage is not None and kinds[teacher_stage] != "torch":
         raise ValueError(f"teacher: stage '{teacher_stage}' makes an ONNX model; the teacher must be PyTorch")
     return steps
+
+
+# --- the search space: settings applied to a recipe ----------------------------------------------------------
+
+ENABLED = "enabled"  # `<stage>.enabled: [true, false]` runs or skips a stage
+
+
+def split_setting(recipe: Recipe, key: str) -> tuple[str, list[str]]:
+    """`prune-ffn.recover.epochs` -> ('prune-ffn', ['recover', 'epochs']); the longest stage name wins (names may
+    hold dots). Raises ValueError when no stage starts the key."""
+    names = sorted((s.name for s in recipe.stages), key=len, reverse=True)
+    for name in names:
+        if key.startswith(name + ".") and len(key) > len(name) + 1:
+            return name, key[len(name) + 1:].split(".")
+    raise ValueError(f"'{key}' does not start with a stage name ({', '.join(s.name for s in recipe.stages)}); "
+                     "write <stage>.<option>")
+
+
+def apply_settings(recipe: Recipe, settings: dict[str, Any]) -> dict:
+    """The recipe as plain data with `settings` ({dotted key: value}) applied and no search block; every stage's
+    `from` is written out, so skipping a stage (`<stage>.enabled: false`) hands its input to its consumers."""
+    import copy
+
+    data = copy.deepcopy(recipe_dict(recipe))
+    data.pop("search", None)
+    inputs = recipe.inputs()
+    stages = {s["name"]: s for s in data["stages"]}
+    for s in data["stages"]:
+        s["from"] = inputs[s["name"]]
+    skipped = []
+    for key, value in settings.items():
+        name, path = split_setting(recipe, key)
+        if path == [ENABLED]:
+            if not isinstance(value, bool):
+                raise ValueError(f"'{key}' takes true or false (got {value!r})")
+            if not value:
+                skipped.append(name)
+            continue
+        node = stages[name]["pass"]
+        for part in path[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}  # e.g. `recover.epochs` on a stage without recovery: recovery with defaults
+            node = node[part]
+        node[path[-1]] = value
+    for name in skipped:
+        source = stages[name]["from"]
+        for s in data["stages"]:
+            if s["from"] == name:
+                s["from"] = source
+        data["stages"].remove(stages[name])
+        data["baselines"] = [b for b in data["baselines"] if b != name]
+    return data
+
+
+def search_candidate(recipe: Recipe) -> str:
+    """The stage whose output a search judges: `search.candidate`, else the last stage that is not a baseline."""
+    if recipe.search is not None and recipe.search.candidate is not None:
+        return recipe.search.candidate
+    return [s.name for s in recipe.stages if s.name not in recipe.baselines][-1]
+
+
+def ancestors(recipe: Recipe, name: str) -> list[str]:
+    """`name` and every stage it is made from (the teacher stage included), in recipe order."""
+    inputs, teacher = recipe.inputs(), recipe.teacher_stage()
+    needed, todo = set(), [name] + ([teacher] if teacher else [])
+    while todo:
+        current = todo.pop()
+        if current in needed or current not in inputs:
+            continue
+        needed.add(current)
+        todo.append(inputs[current])
+    return [s.name for s in recipe.stages if s.name in needed]
+
+
+def check_search(recipe: Recipe) -> None:
+    """Every key of the space (and of the low-fidelity overrides) names an option of a stage the candidate is made
+    from, and every value validates in that stage's pass; raise ValueError with the `search.` path otherwise."""
+    search = recipe.search
+    names = [s.name for s in recipe.stages]
+    candidate = search_candidate(recipe)
+    if candidate not in names:
+        raise ValueError(f"search.candidate: '{candidate}' is not a stage; name one of: {', '.join(names)}")
+    if candidate in recipe.baselines:
+        raise ValueError(f"search.candidate: '{candidate}' is a baseline; name the stage the search should improve")
+    if recipe.data.validation is None:
+        raise ValueError("search: candidates are chosen on data.validation (the eval split is scored once, at the "
+                         "end); add data.validation")
+    if recipe.data.validation == recipe.data.eval:
+        raise ValueError("search: data.validation is the eval split; choose on a held-out split of its own")
+    causal = recipe.task == "text-generation"
+    if causal and search.max_accuracy_drop is not None:
+        raise ValueError("search.max_accuracy_drop: a causal LM has no accuracy; use max_perplexity_increase")
+    if recipe.task not in (None, "text-generation") and search.max_perplexity_increase is not None:
+        raise ValueError("search.max_perplexity_increase: only causal LMs have a perplexity; use max_accuracy_drop")
+    on_path = set(ancestors(recipe, candidate))
+    groups = [("space", k, v) for k, v in search.space.items()]
+    if search.fidelity is not None:
+        groups += [("fidelity.overrides", k, [v]) for k, v in search.fidelity.overrides.items()]
+    for where, key, values in groups:
+        try:
+            name, path = split_setting(recipe, key)
+        except ValueError as e:
+            raise ValueError(f"search.{where}.{key}: {e}") from None
+        if name not in on_path:
+            raise ValueError(f"search.{where}.{key}: stage '{name}' does not lead to the candidate '{candidate}'")
+        if path == [ENABLED] and name in (candidate, recipe.teacher_stage()):
+            raise ValueError(f"search.{where}.{key}: the {'candidate' if name == candidate else 'teacher'} stage "
+                             "cannot be skipped")
+        if not values:
+            raise ValueError(f"search.{where}.{key}: give at least one value")
+        for i, value in enumerate(values):
+            at = f"search.{where}.{key}" + (f"[{i}]" if where == "space" else "")
+            try:
+                Recipe.model_validate(apply_settings(recipe, {key: value}))
+            except ValidationError as e:
+                inner = format_error(e, "").removeprefix(": ")
+                raise ValueError(f"{at}: {value!r} does not fit stage '{name}' ({inner})") from None
+            except ValueError as e:
+                raise ValueError(f"{at}: {e}") from None
+
+
+def space_size(search: SearchConfig) -> int:
+    """Number of settings the space spans (the grid size)."""
+    size = 1
+    for values in search.space.values():
+        size *= len(values)
+    return size
+
+
+def expand_space(search: SearchConfig) -> list[dict[str, Any]]:
+    """Every setting of the space, in declaration order (what `sampler: grid` walks)."""
+    import itertools
+
+    keys = list(search.space)
+    return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*search.space.values())]
 
 
 # --- YAML in and out ------------------------------------------------------------------------------------------
