@@ -17,15 +17,18 @@ def run(
     runs: Annotated[Path, typer.Option(help="Stage cache root: stages live in RUNS/<recipe name>/<stage>-<key>/.")] = Path("runs"),
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate the recipe and print the plan; load no model.")] = False,
     fresh: Annotated[bool, typer.Option(help="Ignore the stage cache and recompute every stage.")] = False,
-    omp_wait_policy: Annotated[str, typer.Option(help="OMP_WAIT_POLICY for training, evaluation and the bench workers "
+    omp_wait_policy: Annotated[str, typer.Option(help="OMP_WAIT_POLICY for training and evaluation in this process "
                                                  "(unless already set): PASSIVE avoids 10-20x PyTorch slowdowns when "
-                                                 "other processes share the CPU; ACTIVE may be 10-25% faster on an idle one; "
-                                                 "default leaves it unset (the OpenMP runtime's own spin-then-sleep).")] = "PASSIVE",
+                                                 "other processes share the CPU; default leaves it unset (the OpenMP "
+                                                 "runtime's own spin-then-sleep). Bench workers never inherit it: each "
+                                                 "sets its own per backend (eval.latency.wait_policy, default native) "
+                                                 "and the results record it per measurement.")] = "PASSIVE",
 ) -> None:
     """Run RECIPE: every stage (resuming from the cache), evaluation, one latency bench, and the report."""
     import os
 
-    # Must be set before OpenMP starts (torch is imported while the recipe's passes load); workers inherit it.
+    # Must be set before OpenMP starts (torch is imported while the recipe's passes load). Bench workers do not
+    # inherit it: `latency.worker_env` gives each the policy its backend's users run with.
     if omp_wait_policy.lower() != "default":
         os.environ.setdefault("OMP_WAIT_POLICY", omp_wait_policy.upper())
     from compress import pipeline

@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -43,6 +44,11 @@ class BenchSpec(BaseModel):
     causal_iters_per_round: int = Field(3, ge=1, description="Causal LMs: timed generations per shape and round.")
     causal_warmup: int = Field(1, ge=0, description="Causal LMs: untimed generations before each timed slice "
                                                      "(re-warms caches after another worker ran).")
+    wait_policy: Literal["native", "passive", "active"] = Field(
+        "native", description="How each worker's threads wait, set per worker before its runtime starts: native = "
+        "as the runtime's users run it (PyTorch: OMP_WAIT_POLICY unset, OpenMP's spin-then-sleep; ONNX Runtime: its "
+        "own thread pool, default spinning); passive / active = OMP_WAIT_POLICY=PASSIVE / ACTIVE for every worker. "
+        "The parent's OMP_WAIT_POLICY (e.g. PASSIVE for training) never reaches the workers.")
 
 
 def physical_cores() -> int:
@@ -115,6 +121,73 @@ def environment(threads: int) -> dict:
     return env
 
 
+# --- wait policies: each worker as its runtime's users run it ------------------------------------------------
+
+ONNX_SUFFIXES = (".onnx", ".ort")
+QUIET_CPU_SHARE = 0.2  # idle workers using less than a fifth of one core are asleep, not spinning
+QUIET_WINDOW_S = 0.01
+QUIET_MAX_WAIT_S = 0.5
+
+
+def backend_of(source: str) -> str:
+    """`onnxruntime` for .onnx/.ort files and folders holding model.onnx (as `load_model` decides), else `pytorch`."""
+    path = Path(str(source)).expanduser()
+    if path.suffix in ONNX_SUFFIXES or (path.is_dir() and (path / "model.onnx").exists()):
+        return "onnxruntime"
+    return "pytorch"
+
+
+def worker_env(backend: str, policy: str) -> dict[str, str | None]:
+    """Variables a bench worker starts with (None = removed) so that it waits as `policy` says.
+
+    native: PyTorch with OMP_WAIT_POLICY unset (its OpenMP runtime spins briefly after a parallel region, then
+    sleeps), as PyTorch users run it; ONNX Runtime with its own intra-op pool and its default spinning (the CPU
+    wheel does not use OpenMP), so OMP_WAIT_POLICY is unset there too. passive / active set OMP_WAIT_POLICY.
+    """
+    if policy == "native":
+        return {"OMP_WAIT_POLICY": None}
+    return {"OMP_WAIT_POLICY": policy.upper()}
+
+
+def policy_record(info: dict, policy: str) -> str:
+    """The wait policy a measurement ran under, as its worker reported it (one line for the results)."""
+    omp = info.get("omp_wait_policy") or "unset"
+    text = f"{policy}: OMP_WAIT_POLICY={omp}"
+    if info.get("backend") == "onnxruntime":
+        text += ", ORT intra-op spinning default (on)"
+    if not info.get("isolated", False):
+        text += " (in-process: the parent's policy)"
+    return text
+
+
+def _cpu_seconds(procs: list) -> float:
+    """User + system CPU seconds used so far by these worker processes (all their threads)."""
+    import psutil
+
+    total = 0.0
+    for proc in procs:
+        try:
+            times = proc.cpu_times()
+            total += times.user + times.system
+        except psutil.Error:
+            pass
+    return total
+
+
+def _wait_quiet(procs: list) -> None:
+    """Before a timed slice, wait (at most QUIET_MAX_WAIT_S) until the idle workers' threads stop spinning."""
+    if not procs:
+        return
+    deadline = time.perf_counter() + QUIET_MAX_WAIT_S
+    last = _cpu_seconds(procs)
+    while time.perf_counter() < deadline:
+        time.sleep(QUIET_WINDOW_S)
+        now = _cpu_seconds(procs)
+        if now - last < QUIET_CPU_SHARE * QUIET_WINDOW_S:
+            return
+        last = now
+
+
 # --- workers -------------------------------------------------------------------------------------------------
 
 
@@ -141,7 +214,7 @@ class _LocalWorker:
         self.is_onnx = isinstance(self.model, OnnxModel)
         self.causal = is_causal(self.model)
         self.info: dict = {"backend": "onnxruntime" if self.is_onnx else "pytorch", "device": device,
-                           "task": self.model.task}
+                           "task": self.model.task, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
         if self.causal:  # decoders are timed through the same runner that scores them
             self.runner = CausalRunner(self.model, device=device, threads=threads)
             self.session = getattr(self.runner, "session", None)
@@ -266,18 +339,27 @@ class _LocalWorker:
 class _ProcessWorker:
     """A `_LocalWorker` in a child process, driven over stdin/stdout with one JSON line per message."""
 
-    def __init__(self, source: str, device: str, threads: int, load_kwargs: dict | None = None):
+    def __init__(self, source: str, device: str, threads: int, load_kwargs: dict | None = None,
+                 wait_policy: str = "native"):
         import tempfile
 
+        import psutil
+
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
+        for key, value in worker_env(backend_of(source), wait_policy).items():  # before the runtime starts
+            if value is None:
+                env.pop(key, None)
+            else:
+                env[key] = value
         self.source = source
         # The worker's stderr goes to a file: its last line is the cause when the worker dies.
         self.stderr = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen([sys.executable, "-m", "compress.evaluation.latency_worker"],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, text=True, env=env)
+        self.process = psutil.Process(self.proc.pid)  # its CPU time shows whether it spins while others are timed
         try:
-            self.info = self._ask({"source": source, "device": device, "threads": threads,
-                                   "load_kwargs": load_kwargs or {}})
+            self.info = {**self._ask({"source": source, "device": device, "threads": threads,
+                                      "load_kwargs": load_kwargs or {}}), "isolated": True}
         except CompressError:
             self.close()
             raise
@@ -350,13 +432,19 @@ def bench(models: list[str], spec: BenchSpec | None = None, *, labels: list[str]
     total = len(devices) * spec.rounds * len(shapes) * len(models)
     done = 0
     for device in devices:
-        worker_cls = _ProcessWorker if spec.isolate else _LocalWorker
-        workers = [worker_cls(m, device, threads, load_kwargs) for m in models]
+        if spec.isolate:
+            workers = [_ProcessWorker(m, device, threads, load_kwargs, spec.wait_policy) for m in models]
+        else:
+            workers = [_LocalWorker(m, device, threads, load_kwargs) for m in models]
         try:
             times: dict = {}
+            idle_cpu: dict = {}  # (i, b, s) -> CPU seconds the other workers used while model i was timed
             for rnd in range(spec.rounds):
                 for b, s in shapes:
                     for i, w in enumerate(workers):  # round-robin: every model gets a slice each round
+                        others = [o.process for j, o in enumerate(workers) if j != i and hasattr(o, "process")]
+                        _wait_quiet(others)
+                        before = _cpu_seconds(others)
                         warm = spec.warmup if rnd == 0 else max(1, spec.warmup // 5)
                         if w.info.get("task") == CAUSAL_TASK:  # whole generations: warm up once per slice
                             got = w.run_causal(b, s, spec.causal_warmup, spec.causal_iters_per_round, spec.new_tokens)
@@ -365,6 +453,7 @@ def bench(models: list[str], spec: BenchSpec | None = None, *, labels: list[str]
                                 slot[key].extend(got[key])
                         else:
                             times.setdefault((i, b, s), []).extend(w.run(b, s, warm, per_round))
+                        idle_cpu[(i, b, s)] = idle_cpu.get((i, b, s), 0.0) + _cpu_seconds(others) - before
                         done += 1
                         if on_progress:
                             on_progress(done, total)
@@ -374,7 +463,9 @@ def bench(models: list[str], spec: BenchSpec | None = None, *, labels: list[str]
                 for b, s in shapes:
                     row = {"model": labels[i], "backend": w.info["backend"], "device": device,
                            "providers": w.info["providers"], "nodes_per_provider": placement,
-                           "batch_size": b, "seq_len": s, "threads": threads}
+                           "batch_size": b, "seq_len": s, "threads": threads,
+                           "wait_policy": policy_record(w.info, spec.wait_policy),
+                           "idle_cpu_ms": round(1000 * idle_cpu.get((i, b, s), 0.0), 1)}
                     if w.info.get("task") == CAUSAL_TASK:
                         row.update(causal_figures(times[(i, b, s)], b, s, spec.new_tokens), **memory)
                     else:
