@@ -55,10 +55,10 @@ def _print_space(plan, size: int, first: list[dict]) -> None:
     from rich.table import Table
 
     s = plan.search
-    table = Table("option", "values", title=f"search of '{plan.name}': {size} settings, {s.trials} trials, "
-                  f"sampler {s.sampler}", title_justify="left")
+    table = Table("option", "values")
     for key, values in s.space.items():
         table.add_row(key, ", ".join(map(str, values)))
+    console.print(f"search of '{plan.name}': {size} settings, {s.trials} trials, sampler {s.sampler}")
     console.print(table)
     budget = (f"max_accuracy_drop {s.max_accuracy_drop}" if s.max_accuracy_drop is not None
               else f"max_perplexity_increase {s.max_perplexity_increase}")

@@ -1,0 +1,337 @@
+"""`compress search`: the space validates and expands as declared, trial recipes score validation only, a killed
+search resumes without repeating finished trials, best/ always meets the budget, the test split is read only
+after the choice, bad search blocks are one line and exit 2, and bench workers set their own wait policy."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from compress.errors import CompressError
+from compress.recipe import apply_settings, expand_space, load_recipe, parse_recipe, space_size
+
+# A config-built CNN on 128 digits: channel pruning (with a tiny recovery) then ONNX. Sparsity 0.9 costs about
+# 6 pt of validation accuracy, 0.25 and 0.5 cost none: a 3 pt budget separates them.
+TINY = {
+    "name": "tiny-search",
+    "model": "tiny:cnn",
+    "data": {"source": "builtin:digits", "train": {"split": "train", "limit": 128},
+             "validation": {"split": "validation", "limit": 64}, "eval": {"split": "test", "limit": 96}},
+    "stages": [
+        {"name": "base-onnx", "from": "model", "pass": {"type": "export_onnx"}},
+        {"name": "prune", "from": "model", "pass": {"type": "prune_structured", "unit": "channels", "sparsity": 0.25,
+                                                    "recover": {"max_steps": 1, "batch_size": 32}}},
+        {"name": "onnx", "pass": {"type": "export_onnx"}},
+    ],
+    "baselines": ["base-onnx"],
+    "eval": {"latency": {"batch_sizes": [1], "seq_lens": [1], "warmup": 1, "iters": 4, "rounds": 2, "threads": 1,
+                         "isolate": False}},
+    "search": {"space": {"prune.sparsity": [0.25, 0.5, 0.9]}, "objective": "size", "max_accuracy_drop": 0.03,
+               "trials": 4, "sampler": "random", "finalists": 2},
+}
+
+
+def tiny(**search) -> dict:
+    data = copy.deepcopy(TINY)
+    data["search"].update(search)
+    return data
+
+
+def write(tmp_path, data: dict):
+    path = tmp_path / "search.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def error_of(data: dict) -> str:
+    with pytest.raises(CompressError) as info:
+        parse_recipe(data, "r.yaml")
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+# --- the space -----------------------------------------------------------------------------------------------
+
+
+def test_space_expands_as_declared():
+    # setup
+    recipe = parse_recipe(tiny(space={"prune.sparsity": [0.25, 0.5], "prune.recover.max_steps": [1, 2, 3],
+                                      "prune.enabled": [True, False]}))
+    # execute
+    grid = expand_space(recipe.search)
+    # assert
+    assert space_size(recipe.search) == len(grid) == 12
+    assert grid[0] == {"prune.sparsity": 0.25, "prune.recover.max_steps": 1, "prune.enabled": True}
+    assert grid[-1] == {"prune.sparsity": 0.5, "prune.recover.max_steps": 3, "prune.enabled": False}
+    assert len({json.dumps(g, sort_keys=True) for g in grid}) == 12
+
+
+def test_settings_reach_the_pass_and_a_skipped_stage_hands_over_its_input():
+    recipe = parse_recipe(tiny())
+    data = apply_settings(recipe, {"prune.sparsity": 0.5, "prune.recover.epochs": 0.5})
+    prune = next(s for s in data["stages"] if s["name"] == "prune")
+    assert prune["pass"]["sparsity"] == 0.5 and prune["pass"]["recover"]["epochs"] == 0.5
+    assert "search" not in data
+    skipped = parse_recipe(apply_settings(recipe, {"prune.enabled": False}))
+    assert [s.name for s in skipped.stages] == ["base-onnx", "onnx"]
+    assert skipped.inputs()["onnx"] == "model"
+
+
+def test_trial_recipe_scores_validation_only_and_keeps_the_candidates_stages():
+    from compress.search import trial_recipe
+
+    recipe = parse_recipe(tiny(fidelity={"validation_limit": 16, "overrides": {"prune.recover.max_steps": 2}}))
+    full = trial_recipe(recipe, {"prune.sparsity": 0.5})
+    low = trial_recipe(recipe, {"prune.sparsity": 0.5}, fidelity="low")
+    final = trial_recipe(recipe, {"prune.sparsity": 0.5}, split="eval", targets=["onnx", "base-onnx"])
+    # selection never names the test split, and times nothing (the search times candidates itself)
+    assert full.data.eval.split == "validation" and full.data.eval.limit == 64
+    assert low.data.eval.split == "validation" and low.data.eval.limit == 16
+    assert [s.name for s in full.stages] == ["prune", "onnx"] and full.eval.latency is None
+    assert [s.evaluate for s in full.stages] == [False, True] and full.search is None
+    assert full.stage("prune").pass_.sparsity == 0.5 and full.stage("prune").pass_.recover.max_steps == 1
+    assert low.stage("prune").pass_.recover.max_steps == 2
+    assert final.data.eval.split == "test" and final.baselines == ["base-onnx"]
+
+
+def test_the_shipped_search_recipe_validates():
+    from pathlib import Path
+
+    recipe = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "minilm-sst2-search.yaml")
+    assert recipe.search is not None and space_size(recipe.search) >= 8
+    assert recipe.search.max_accuracy_drop is not None
+
+
+# --- bad search blocks: one line, exit 2 -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({"space": {"nostage.sparsity": [0.5]}}, "search.space.nostage.sparsity: 'nostage.sparsity' does not start with a stage"),
+    ({"space": {"prune.sparsity": [0.5, 1.5]}}, "search.space.prune.sparsity[1]: 1.5 does not fit stage 'prune'"),
+    ({"space": {"prune.sparsityy": [0.5]}}, "search.space.prune.sparsityy[0]: 0.5 does not fit stage 'prune' (stages[1].pass.sparsityy: unknown key)"),
+    ({"space": {"base-onnx.opset": [17]}}, "stage 'base-onnx' does not lead to the candidate 'onnx'"),
+    ({"space": {"onnx.enabled": [True, False]}}, "the candidate stage cannot be skipped"),
+    ({"space": {"prune.sparsity": []}}, "give at least one value"),
+    ({"max_accuracy_drop": None}, "give exactly one budget"),
+    ({"max_perplexity_increase": 0.05}, "give exactly one budget"),
+    ({"candidate": "base-onnx"}, "search.candidate: 'base-onnx' is a baseline"),
+    ({"candidate": "nope"}, "search.candidate: 'nope' is not a stage"),
+    ({"trials": 0}, "search.trials"),
+    ({"objectiv": "size"}, "search.objectiv: unknown key"),
+    ({"fidelity": {"overrides": {"prune.recover.max_stepz": 1}}}, "search.fidelity.overrides.prune.recover.max_stepz"),
+])
+def test_bad_search_block_is_one_line(change, expected):
+    assert expected in error_of(tiny(**change))
+
+
+def test_search_needs_a_validation_split():
+    data = tiny()
+    del data["data"]["validation"]
+    assert "candidates are chosen on data.validation" in error_of(data)
+
+
+@pytest.mark.parametrize("command", ["search", "run"])
+def test_bad_search_block_exits_2_from_the_cli(cli, tmp_path, command):
+    result = cli([command, write(tmp_path, tiny(space={"prune.sparsity": [2.0]})), "--dry-run"])
+    assert result.exit_code == 2
+    lines = [x for x in result.output.splitlines() if x.strip()]
+    assert len(lines) == 1 and "search.space.prune.sparsity[0]" in lines[0]
+
+
+def test_search_of_a_recipe_without_a_search_block_exits_2(cli, tmp_path):
+    data = tiny()
+    del data["search"]
+    result = cli(["search", write(tmp_path, data), "--dry-run"])
+    assert result.exit_code == 2 and "no search block" in result.output
+
+
+def test_dry_run_prints_the_space(cli, tmp_path):
+    result = cli(["search", write(tmp_path, tiny()), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "prune.sparsity" in result.output and "3 settings" in result.output and "is valid" in result.output
+
+
+# --- running searches --------------------------------------------------------------------------------------------
+
+
+def _check_best(folder, study_rows: list[dict]) -> dict:
+    """best/ holds a loadable model that meets the budget and is the best feasible trial so far."""
+    from compress.models import load_model
+    from compress.search import read_best
+
+    best = read_best(folder)
+    assert best is not None
+    assert best["figures"]["violation"] <= 0
+    feasible = [r for r in study_rows if r["feasible"]]
+    assert best["figures"]["objective"] == min(r["full"]["objective"] for r in feasible)
+    load_model(str(folder / "best" / best["model"]))
+    return best
+
+
+def test_killed_search_resumes_without_repeating_finished_trials(tmp_path, monkeypatch, one_thread):
+    from optuna.trial import TrialState
+
+    from compress import search as lib
+
+    # setup: the third trial is interrupted (Ctrl-C) in the middle
+    recipe = parse_recipe(tiny())
+    real, calls = lib.score, []
+
+    def interrupted(ctx, settings, fidelity):
+        calls.append(settings)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(ctx, settings, fidelity)
+
+    monkeypatch.setattr(lib, "score", interrupted)
+    # execute
+    with pytest.raises(KeyboardInterrupt):
+        lib.search(recipe, runs_dir=tmp_path, finalize=False)
+    folder = lib.search_dir(recipe, tmp_path)
+    study = lib.open_study(recipe, folder)
+    before = {t.number: (t.state, t.datetime_complete) for t in study.get_trials()}
+    # assert: two finished trials, one interrupted; best/ is usable meanwhile
+    assert [s for s, _ in before.values()] == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.FAIL]
+    finished = [r for r in lib.trial_rows(study) if r["state"] == "complete"]
+    if any(r["feasible"] for r in finished):
+        _check_best(folder, finished)
+    # execute: resume
+    calls.clear()
+    monkeypatch.setattr(lib, "score", lambda ctx, settings, fidelity: calls.append(settings) or real(ctx, settings, fidelity))
+    results = lib.search(recipe, runs_dir=tmp_path, finalize=False)
+    # assert: only the interrupted trial (first, same settings) and the remaining one ran
+    assert len(calls) == 2
+    after = {t.number: (t.state, t.datetime_complete) for t in lib.open_study(recipe, folder).get_trials()}
+    assert all(after[n] == before[n] for n in (0, 1))
+    retry = next(r for r in results["trials"] if r["retry_of"] == 2)
+    assert retry["state"] == "complete" and retry["settings"] == calls[0]
+    assert sum(r["state"] == "complete" for r in results["trials"]) == 4
+    # a third call has nothing left to do
+    calls.clear()
+    lib.search(recipe, runs_dir=tmp_path, finalize=False)
+    assert calls == []
+
+
+def test_a_trial_of_a_killed_process_is_requeued(tmp_path):
+    from optuna.trial import TrialState
+
+    from compress import search as lib
+
+    # setup: a RUNNING trial whose process is gone (kill -9)
+    recipe = parse_recipe(tiny())
+    study = lib.open_study(recipe, tmp_path)
+    trial = study.ask()
+    trial.suggest_categorical("prune.sparsity", [0.25, 0.5, 0.9])
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    trial.set_user_attr("pid", int(dead.stdout))
+    trial.set_user_attr("host", __import__("socket").gethostname())
+    # execute
+    again = lib.recover(study)
+    # assert
+    assert again == [trial.number]
+    states = [t.state for t in study.get_trials()]
+    assert states == [TrialState.FAIL, TrialState.WAITING]
+    assert study.get_trials()[1].params == trial.params
+    assert lib.recover(study) == []  # not queued twice
+
+
+def test_best_always_meets_the_budget_and_the_test_split_is_read_only_after_the_choice(tmp_path, monkeypatch,
+                                                                                      one_thread):
+    import compress.data
+    from compress import search as lib
+    from compress.report.search import write as write_report
+
+    # setup: every data read is recorded with the phase it happened in
+    recipe = parse_recipe(tiny(trials=4, fidelity={"validation_limit": 32, "slack": 0.02}, objective="latency"))
+    real_load, reads, phase = compress.data.load_examples, [], {"now": "selection"}
+
+    def spy(spec, *args, **kwargs):
+        reads.append((phase["now"], getattr(spec, "split", kwargs.get("split"))))
+        return real_load(spec, *args, **kwargs)
+
+    monkeypatch.setattr(compress.data, "load_examples", spy)
+    folder = lib.search_dir(recipe, tmp_path)
+    seen = []
+
+    def on_event(kind, **info):
+        if kind == "phase" and info["name"] == "test":
+            phase["now"] = "test"
+        if kind == "trial":
+            seen.append(info["row"])
+            if any(r["feasible"] for r in seen):
+                _check_best(folder, seen)  # after every trial, not only at the end
+    # execute
+    results = lib.search(recipe, runs_dir=tmp_path, on_event=on_event)
+    # assert: honest selection
+    assert ("selection", "test") not in reads
+    assert ("selection", "validation") in reads
+    assert [r for r in reads if r[0] == "test"] == [("test", "test")]  # the test split: read once, after the choice
+    assert results["test"]["split"]["split"] == "test"
+    # assert: the choice meets the budget on validation; best/ holds it
+    chosen = results["chosen"]
+    assert chosen["feasible"] and chosen["full"]["violation"] <= 0
+    best = lib.read_best(folder)
+    assert best["final"] and best["trial"] == chosen["number"] and best["figures"]["violation"] <= 0
+    assert all(r["low"] is not None for r in results["trials"])  # cheap fidelity first
+    assert results["bench"]["results"] and {r["model"] for r in results["bench"]["results"]} >= {"teacher", "base-onnx"}
+    # the report renders every trial and the Pareto plot
+    out = write_report(results, tmp_path / "report")
+    text = (out / "report.md").read_text()
+    assert text.count("| complete |") + text.count("| pruned |") == len(results["trials"])
+    assert "## Chosen model" in text and "base-onnx" in text and (out / "pareto.png").exists()
+    assert json.loads((out / "search.json").read_text())["chosen"]["number"] == chosen["number"]
+
+
+def test_changed_space_refuses_the_old_study(tmp_path):
+    from compress import search as lib
+
+    lib.open_study(parse_recipe(tiny()), tmp_path)
+    lib.open_study(parse_recipe(tiny(trials=9)), tmp_path)  # a bigger budget continues the same study
+    with pytest.raises(CompressError, match="another version"):
+        lib.open_study(parse_recipe(tiny(space={"prune.sparsity": [0.5]})), tmp_path)
+
+
+def test_pareto_front():
+    from compress.report.search import pareto
+
+    points = [(1.0, 80.0), (2.0, 85.0), (2.5, 84.0), (0.5, 70.0), (3.0, 85.0)]
+    assert pareto(points) == [0, 1, 3]
+
+
+# --- fair timings: each bench worker sets its own wait policy ------------------------------------------------
+
+
+def test_worker_env_per_backend_and_policy(tmp_path):
+    from compress.evaluation.latency import backend_of, policy_record, worker_env
+
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "model.onnx").write_bytes(b"")
+    assert backend_of(str(tmp_path / "m")) == "onnxruntime" and backend_of("x/model.onnx") == "onnxruntime"
+    assert backend_of("tiny:bert") == "pytorch"
+    assert worker_env("pytorch", "native") == {"OMP_WAIT_POLICY": None}  # unset: as PyTorch users run it
+    assert worker_env("onnxruntime", "native") == {"OMP_WAIT_POLICY": None}
+    assert worker_env("pytorch", "passive") == {"OMP_WAIT_POLICY": "PASSIVE"}
+    record = policy_record({"backend": "onnxruntime", "omp_wait_policy": None, "isolated": True}, "native")
+    assert record == "native: OMP_WAIT_POLICY=unset, ORT intra-op spinning default (on)"
+
+
+def test_isolated_worker_does_not_inherit_the_parents_policy(tiny_cnn, tmp_path, monkeypatch):
+    from compress.evaluation.latency import BenchSpec, bench
+
+    # setup: training runs with PASSIVE (compress run's default); the bench must not pass it on
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    tiny_cnn.save(tmp_path / "cnn")
+    spec = BenchSpec(batch_sizes=[1], seq_lens=[1], iters=2, rounds=1, warmup=1, threads=1)
+    # execute
+    row = bench([str(tmp_path / "cnn")], spec)["results"][0]
+    # assert
+    assert row["wait_policy"] == "native: OMP_WAIT_POLICY=unset"
+    assert row["idle_cpu_ms"] == 0.0  # no other worker
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
