@@ -264,8 +264,8 @@ def _stop_reason(ctx: _Context, low: dict, study) -> str | None:
     """Why a low-fidelity trial cannot be chosen, or None when it may still win (front rule)."""
     slack = ctx.recipe.search.fidelity.slack
     if low["violation"] > slack:
-        what = "perplexity +" if ctx.causal else "accuracy drop "
-        return f"{what}{100 * low['loss']:.2f}% at low fidelity is over the budget plus slack"
+        what = f"perplexity +{100 * low['loss']:.2f}%" if ctx.causal else f"accuracy drop {100 * low['loss']:.2f} pt"
+        return f"{what} at low fidelity is over the budget plus slack"
     best = best_trial(study)
     if best is not None and low["objective"] >= best.user_attrs["full"]["objective"]:
         return f"no better than trial {best.number} ({best.user_attrs['full']['objective']:.4g})"

@@ -199,9 +199,7 @@ def test_killed_search_resumes_without_repeating_finished_trials(tmp_path, monke
     before = {t.number: (t.state, t.datetime_complete) for t in study.get_trials()}
     # assert: two finished trials, one interrupted; best/ is usable meanwhile
     assert [s for s, _ in before.values()] == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.FAIL]
-    finished = [r for r in lib.trial_rows(study) if r["state"] == "complete"]
-    if any(r["feasible"] for r in finished):
-        _check_best(folder, finished)
+    _check_best(folder, [r for r in lib.trial_rows(study) if r["state"] == "complete"])
     # execute: resume
     calls.clear()
     monkeypatch.setattr(lib, "score", lambda ctx, settings, fidelity: calls.append(settings) or real(ctx, settings, fidelity))
@@ -238,7 +236,7 @@ def test_a_trial_of_a_killed_process_is_requeued(tmp_path):
     assert again == [trial.number]
     states = [t.state for t in study.get_trials()]
     assert states == [TrialState.FAIL, TrialState.WAITING]
-    assert study.get_trials()[1].params == trial.params
+    assert study.get_trials()[1].system_attrs["fixed_params"] == trial.params  # run first, same settings
     assert lib.recover(study) == []  # not queued twice
 
 
@@ -249,7 +247,7 @@ def test_best_always_meets_the_budget_and_the_test_split_is_read_only_after_the_
     from compress.report.search import write as write_report
 
     # setup: every data read is recorded with the phase it happened in
-    recipe = parse_recipe(tiny(trials=4, fidelity={"validation_limit": 32, "slack": 0.02}, objective="latency"))
+    recipe = parse_recipe(tiny(trials=4, fidelity={"validation_limit": 32, "slack": 1.0}, objective="latency"))
     real_load, reads, phase = compress.data.load_examples, [], {"now": "selection"}
 
     def spy(spec, *args, **kwargs):
