@@ -426,8 +426,9 @@ def check_search(recipe: Recipe) -> None:
     candidate = search_candidate(recipe)
     if candidate not in names:
         raise ValueError(f"search.candidate: '{candidate}' is not a stage; name one of: {', '.join(names)}")
-    if candidate in recipe.baselines:
-        raise ValueError(f"search.candidate: '{candidate}' is a baseline; name the stage the search should improve")
+    if candidate in recipe.baselines or candidate == recipe.teacher_stage():
+        raise ValueError(f"search.candidate: '{candidate}' is {'a baseline' if candidate in recipe.baselines else 'the teacher'}; "
+                         "name the stage the search should improve")
     if recipe.data.validation is None:
         raise ValueError("search: candidates are chosen on data.validation (the eval split is scored once, at the "
                          "end); add data.validation")

@@ -130,8 +130,8 @@ def trial_spec(recipe: Recipe) -> BenchSpec | None:
 def _primary_row(rows: list[dict], recipe: Recipe, label: str) -> dict | None:
     primary = recipe.eval.primary_shape()
     for row in rows:
-        if row["model"] == label and (primary is None or (row["batch_size"] == primary.batch_size
-                                                          and row["seq_len"] == primary.seq_len)):
+        if row["model"] == label and (primary is None or (row["device"], row["batch_size"], row["seq_len"]) ==
+                                      (primary.device, primary.batch_size, primary.seq_len)):
             return row
     return None
 
@@ -199,6 +199,8 @@ def _time_candidate(ctx: _Context, source: str, label: str) -> dict:
     if cache.exists():
         return json.loads(cache.read_text())
     timing = bench([source], spec, labels=[label], load_kwargs=load_kwargs(ctx.recipe))
+    if not timing["results"]:
+        raise CompressError(f"the bench measured nothing for '{label}' on {spec.devices}", "check the latency devices")
     row = _primary_row(timing["results"], ctx.recipe, label) or timing["results"][0]
     row = {k: v for k, v in row.items() if k != "model"}
     cache.parent.mkdir(parents=True, exist_ok=True)
@@ -467,6 +469,13 @@ def search(recipe: Recipe, *, runs_dir: str | Path = "runs", fresh: bool = False
     if recipe.search.objective == "latency" and trial_spec(recipe) is None:
         raise CompressError("search.objective latency needs eval.latency or search.trial_latency",
                             "set one, or use objective: size")
+    spec = trial_spec(recipe)
+    if spec is not None and recipe.search.objective == "latency" and spec.devices[0] == "cuda":
+        from compress.export.ort import cuda_available
+
+        if not cuda_available():
+            raise CompressError("the search times candidates on cuda, but no CUDA device is present",
+                                "set eval.primary.device (or search.trial_latency.devices) to cpu")
     from compress.paths import guard_output
     from compress.pipeline import recipe_inputs
 
@@ -534,8 +543,6 @@ def trial_rows(study) -> list[dict]:
 def _finalize(ctx: _Context, study) -> dict:
     """Finalists re-timed in one interleaved bench with the teacher and the baselines; the choice (validation
     figures only); then the one scoring of the eval split for the chosen model, the teacher and the baselines."""
-    from compress.evaluation.latency import bench
-
     recipe = ctx.recipe
     rows = [r for r in trial_rows(study) if r["feasible"]]
     rows.sort(key=lambda r: (r["full"]["objective"], r["number"]))
@@ -557,7 +564,7 @@ def _finalize(ctx: _Context, study) -> dict:
     labels = ["teacher", *refs, *(f"trial-{r['number']}" for r in finalists)]
     sources = [teacher_path, *(s["path"] for s in refs.values()), *(r["full"]["path"] for r in finalists)]
     spec = recipe.eval.latency or trial_spec(recipe)
-    timing = bench(sources, spec, labels=labels, load_kwargs=load_kwargs(recipe)) if spec is not None else None
+    timing = _final_bench(ctx, sources, labels, spec) if spec is not None else None
     primary = {label: _primary_row(timing["results"], recipe, label) if timing else None for label in labels}
     for r in finalists:
         r["final_p50_ms"] = (primary[f"trial-{r['number']}"] or {}).get("p50_ms")
@@ -581,6 +588,22 @@ def _finalize(ctx: _Context, study) -> dict:
             "test": {"split": final["eval"]["data"], "examples": final["eval"]["examples"], "stages": test},
             "environment": (timing or {}).get("environment"),
             "primary_shape": (recipe.eval.primary_shape().model_dump() if recipe.eval.primary_shape() else None)}
+
+
+def _final_bench(ctx: _Context, sources: list[str], labels: list[str], spec: BenchSpec) -> dict:
+    """One interleaved bench of the finalists, the teacher and the baselines; kept, so that running a finished
+    search again reports (and chooses) from the same measurement."""
+    from compress.evaluation.latency import bench
+    from compress.pipeline import digest
+
+    cache = ctx.folder / f"final-bench-{digest({'sources': sources, 'labels': labels, 'spec': spec.model_dump()})}.json"
+    if cache.exists():
+        return json.loads(cache.read_text())
+    timing = bench(sources, spec, labels=labels, load_kwargs=load_kwargs(ctx.recipe))
+    tmp = cache.with_name(f".{cache.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(timing, indent=2, default=str))
+    os.replace(tmp, cache)
+    return timing
 
 
 def _test_row(stage: dict) -> dict:

@@ -333,3 +333,94 @@ def test_isolated_worker_does_not_inherit_the_parents_policy(tiny_cnn, tmp_path,
     assert row["wait_policy"] == "native: OMP_WAIT_POLICY=unset"
     assert row["idle_cpu_ms"] == 0.0  # no other worker
     assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+
+
+def test_idle_workers_are_waited_for_until_they_sleep(monkeypatch):
+    from compress.evaluation import latency
+
+    # setup: an idle worker whose threads spin for three more polls, then sleep
+    class Spinning:
+        def __init__(self):
+            self.cpu, self.polls = 0.0, 0
+
+        def cpu_times(self):
+            self.polls += 1
+            if self.polls <= 3:
+                self.cpu += latency.QUIET_WINDOW_S  # a whole core
+            return type("T", (), {"user": self.cpu, "system": 0.0})()
+
+    worker = Spinning()
+    # execute
+    latency._wait_quiet([worker])
+    # assert: it waited until the spinning stopped (and not past QUIET_MAX_WAIT_S)
+    assert worker.polls >= 4
+
+
+def test_a_trial_waits_while_another_terminal_holds_the_run_folder(monkeypatch):
+    from compress import pipeline
+    from compress import search as lib
+
+    calls = []
+
+    def busy_once(recipe, **kwargs):
+        calls.append(recipe.name)
+        if len(calls) == 1:
+            raise CompressError("run folder 'runs/x' is in use by another compress run (pid 1)", "wait")
+        return {"ok": True}
+
+    monkeypatch.setattr(pipeline, "run", busy_once)
+    monkeypatch.setattr(lib, "LOCK_RETRY_S", 0.0)
+    assert lib._run_pipeline(parse_recipe(tiny()), None, False) == {"ok": True} and len(calls) == 2
+
+
+def test_cli_search_writes_the_report_and_resumes(cli, tmp_path, one_thread):
+    # setup
+    path = write(tmp_path, tiny(trials=2, space={"prune.sparsity": [0.25, 0.5]}, sampler="grid"))
+    args = ["search", path, "--runs", tmp_path / "runs", "-o", tmp_path / "reports"]
+    # execute
+    first = cli(args)
+    again = cli(args)
+    # assert
+    assert first.exit_code == 0, first.output
+    assert "trial 0: complete" in first.output and "scoring the test split once" in first.output
+    folder = tmp_path / "reports" / "tiny-search-search"
+    assert {"report.md", "report.html", "search.json"} <= {p.name for p in folder.iterdir()}
+    assert again.exit_code == 0 and "trials: 2/2 finished" in again.output and "trial 0" not in again.output
+    assert (tmp_path / "runs" / "tiny-search" / "search" / "best" / "best.json").exists()
+
+
+def test_candidate_cannot_be_the_teacher():
+    data = tiny()
+    data["stages"].insert(0, {"name": "teacher", "from": "model", "pass": {"type": "prune_magnitude", "sparsity": 0.1}})
+    data["search"]["candidate"] = "teacher"
+    assert "search.candidate: 'teacher' is the teacher" in error_of(data)
+
+
+def test_causal_search_needs_a_perplexity_budget(shared_data):
+    from pathlib import Path
+
+    data = yaml.safe_load((Path(__file__).parent / "recipes" / "tiny-llama.yaml").read_text())
+    data["search"] = {"space": {"int4.block_size": [16, 32]}, "candidate": "int4", "max_accuracy_drop": 0.01}
+    assert "a causal LM has no accuracy; use max_perplexity_increase" in error_of(data)
+
+
+@pytest.mark.slow
+def test_causal_search_with_a_perplexity_budget(shared_data, tmp_path, one_thread):
+    from pathlib import Path
+
+    from compress import search as lib
+    from compress.report.search import write as write_report
+
+    # setup: the tiny Llama recipe (ONNX with the KV cache, int4) with a perplexity budget
+    data = yaml.safe_load((Path(__file__).parent / "recipes" / "tiny-llama.yaml").read_text())
+    data["data"]["source"] = str(shared_data / "rte")
+    data["search"] = {"space": {"int4.block_size": [32]}, "candidate": "int4", "objective": "size",
+                      "max_perplexity_increase": 0.5, "trials": 1, "sampler": "grid"}
+    # execute
+    results = lib.search(parse_recipe(data), runs_dir=tmp_path)
+    # assert
+    chosen = results["chosen"]["full"]
+    assert results["budget_metric"] == "perplexity" and chosen["loss"] <= 0.5
+    assert chosen["loss"] == pytest.approx(chosen["perplexity"] / chosen["teacher_perplexity"] - 1)
+    assert results["test"]["stages"]["chosen"]["perplexity"] > 0
+    assert "ppl" in (write_report(results, tmp_path / "report") / "report.md").read_text()
