@@ -160,7 +160,8 @@ class SearchConfig(_Strict):
     max_perplexity_increase: float | None = Field(None, ge=0, description="Causal LMs: budget on the relative "
                                                   "perplexity increase versus the teacher on data.validation.")
     trials: int = Field(20, ge=1, description="Trials in the study (finished ones count after a resume).")
-    max_hours: float | None = Field(None, gt=0, description="Wall-time budget of the trials, summed over resumes.")
+    max_hours: float | None = Field(None, gt=0, description="Time budget of the trials in hours, summed over "
+                                    "resumes (and over terminals sharing the study).")
     sampler: Literal["tpe", "random", "grid"] = Field("tpe", description="Optuna sampler (tpe is constrained by the "
                                                       "budget; grid walks the whole space).")
     seed: int = Field(0, description="Seed of the sampler.")
