@@ -10,10 +10,12 @@ Sources (`DataSpec.source`):
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -36,6 +38,10 @@ class DataSpec(BaseModel):
     limit: int | None = Field(None, gt=0, description="Keep at most this many examples (after shuffling).")
     shuffle: bool = Field(False, description="Shuffle before `limit`, deterministically with `seed`.")
     seed: int = Field(0, description="Seed of the shuffle.")
+    part: Literal["all", "train", "heldout"] = Field(
+        "all", description="all, or one side of a deterministic split by a hash of each text (no split file needed; "
+        "the same text always lands on the same side, so duplicates cannot leak across).")
+    heldout_fraction: float = Field(0.1, gt=0, lt=1, description="Share of texts on the heldout side of `part`.")
 
 
 @dataclass
@@ -86,11 +92,22 @@ def load_examples(spec: DataSpec | str, split: str | None = None, **overrides) -
         examples.origin = f"{spec.source}:{spec.split}" if spec.split else spec.source
     else:
         examples = _from_dataset(_load_hf_dataset(spec), spec)
+    if spec.part != "all":
+        if examples.texts is None:
+            raise CompressError(f"data part '{spec.part}' splits by text, but '{spec.source}' holds no texts",
+                                "use part: all for image data")
+        side = [(text_bucket(t) < spec.heldout_fraction) == (spec.part == "heldout") for t in examples.texts]
+        examples = examples.subset(np.flatnonzero(side))
     if spec.shuffle:
         examples = examples.subset(np.random.default_rng(spec.seed).permutation(len(examples)))
     if spec.limit is not None and spec.limit < len(examples):
         examples = examples.subset(np.arange(spec.limit))
     return examples
+
+
+def text_bucket(text: str) -> float:
+    """A stable number in [0, 1) from the text's content (the hash split of `DataSpec.part`)."""
+    return int.from_bytes(hashlib.sha1(text.encode("utf-8")).digest()[:8], "big") / 2**64
 
 
 def iter_batches(model, examples: Examples, batch_size: int = 32, max_length: int = 128,

@@ -16,6 +16,7 @@ import copy
 import hashlib
 import logging
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from pydantic import Field
@@ -41,6 +42,14 @@ class DistillSettings(TrainConfig):
     layer_map: list[int] | None = Field(None, description="Teacher layer (0-based) for each student layer; default: evenly spaced, last kept.")
     projection: bool = Field(True, description="Learn a linear projection student→teacher width when hidden sizes differ.")
     student_layers: int | None = Field(None, ge=1, description="Derive the student from the input model: K evenly spaced layers.")
+    # Causal language models (token-level KD, `compress.causal_distillation`):
+    block_size: int = Field(256, ge=8, description="Causal LMs: tokens per packed training block.")
+    max_blocks: int | None = Field(None, ge=1, description="Causal LMs: at most this many training blocks (None = all).")
+    eval_blocks: int = Field(32, ge=1, description="Causal LMs: held-out blocks whose perplexity picks the best epoch.")
+    teacher_logits: Literal["topk", "online"] = Field(
+        "topk", description="Causal LMs: topk = the teacher's top-k log-probabilities cached once (KL over k tokens "
+        "plus the merged tail); online = a full-vocabulary teacher pass every step.")
+    top_k: int = Field(64, ge=1, description="Causal LMs: tokens per position kept in the teacher cache.")
 
 
 # --- losses (pure functions) -------------------------------------------------------------------------------

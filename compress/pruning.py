@@ -11,10 +11,12 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 
 from compress.artifacts import TorchModel
+from compress.causal import is_causal
 from compress.config import StrictConfig
 from compress.distillation import DistillSettings, run_distillation
 from compress.errors import CompressError
@@ -271,6 +273,15 @@ class RecoverConfig(StrictConfig):
     max_length: int = Field(64, ge=2, description="Token truncation length for text.")
     alpha: float = Field(0.5, ge=0, le=1, description="Weight of the distillation loss (1 - alpha on labels).")
     temperature: float = Field(2.0, gt=0, description="Softmax temperature of the distillation loss.")
+    from_teacher: bool = Field(False, description="Distil from the recipe's teacher instead of this stage's input "
+                               "(for chains of pruning stages that recover once, from the original model).")
+    # Causal LMs (token-level KD on packed blocks of the train split):
+    block_size: int = Field(256, ge=8, description="Causal LMs: tokens per training block.")
+    max_blocks: int | None = Field(None, ge=1, description="Causal LMs: at most this many training blocks.")
+    teacher_logits: Literal["topk", "online"] = Field("topk", description="Causal LMs: cached top-k teacher "
+                                                      "log-probabilities, or a full teacher pass every step.")
+    top_k: int = Field(64, ge=1, description="Causal LMs: teacher tokens kept per position (topk).")
+    hidden_weight: float = Field(0.0, ge=0, description="Weight of hidden-state matching (0 = off).")
 
 
 def copy_model(model: TorchModel) -> TorchModel:
@@ -291,8 +302,19 @@ def recover(student: TorchModel, teacher: TorchModel, train, cfg: RecoverConfig,
     """Distil `teacher` (the unedited model) into `student` in place with the shared loop; returns its metrics."""
     if train is None:
         raise CompressError("recovery needs training data", "pass --data (training split) or give the recipe train data")
+    if is_causal(student):
+        from compress.causal_distillation import causal_texts, run_causal_distillation
+
+        settings = DistillSettings(epochs=cfg.epochs, max_steps=cfg.max_steps, lr=cfg.lr, batch_size=cfg.batch_size,
+                                   alpha=cfg.alpha, temperature=cfg.temperature, block_size=cfg.block_size,
+                                   max_blocks=cfg.max_blocks, teacher_logits=cfg.teacher_logits, top_k=cfg.top_k,
+                                   hidden_weight=cfg.hidden_weight)
+        return run_causal_distillation(student, teacher, causal_texts(train), settings, workdir,
+                                       eval_texts=causal_texts(eval_examples) if eval_examples is not None else None,
+                                       progress=progress)
     wanted = {"epochs": cfg.epochs, "max_steps": cfg.max_steps, "lr": cfg.lr, "batch_size": cfg.batch_size,
-              "max_length": cfg.max_length, "alpha": cfg.alpha, "temperature": cfg.temperature}
+              "max_length": cfg.max_length, "alpha": cfg.alpha, "temperature": cfg.temperature,
+              "hidden_weight": cfg.hidden_weight or None}
     fields = DistillSettings.model_fields
     kwargs = {k: v for k, v in wanted.items() if k in fields and v is not None}
     if "epochs" in kwargs and fields["epochs"].annotation is int:

@@ -15,7 +15,6 @@ whatever the order or the number of texts, so held-out text never leaks into tra
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,16 +69,13 @@ def load_texts(src: TextSource) -> list[str]:
         texts = list(examples.texts) + list(examples.text_pairs or [])
     texts = [t for t in texts if t and t.strip()]
     if src.part != "all":
-        texts = [t for t in texts if (_bucket(t) < src.heldout_fraction) == (src.part == "heldout")]
+        from compress.data import text_bucket
+
+        texts = [t for t in texts if (text_bucket(t) < src.heldout_fraction) == (src.part == "heldout")]
     if not texts:
         where = f"{src.source}" + (f" (split {src.split})" if src.split else "") + (f", part {src.part}" if src.part != "all" else "")
         raise CompressError(f"no text in {where}", "pass a file with non-empty text fields")
     return texts
-
-
-def _bucket(text: str) -> float:
-    """A stable number in [0, 1) from the text's content."""
-    return int.from_bytes(hashlib.sha1(text.encode("utf-8")).digest()[:8], "big") / 2**64
 
 
 def pack_blocks(tokenizer, texts: list[str], block_size: int, max_blocks: int | None = None) -> np.ndarray:

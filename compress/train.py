@@ -162,7 +162,8 @@ def make_accelerator(mixed_precision: str = "auto"):
 
 
 def fit(model: TorchModel, objective, train, cfg: TrainConfig, workdir: Path, *, eval_examples=None,
-        callback: Callable[[dict], None] | None = None) -> dict:
+        callback: Callable[[dict], None] | None = None, batcher: Callable[[np.ndarray], dict] | None = None,
+        evaluator: Callable[[Any, str], dict] | None = None) -> dict:
     """Train `objective` (which holds `model.module`) on `train`; `model.module` ends with the best weights.
 
     Args:
@@ -173,6 +174,9 @@ def fit(model: TorchModel, objective, train, cfg: TrainConfig, workdir: Path, *,
         workdir: where checkpoints go (`checkpoint.pt`, `best.pt`); removed again after a finished run.
         eval_examples: examples scored (accuracy) after each epoch, for model selection and early stopping.
         callback: receives events {"event": "start"|"step"|"eval"|"end", ...}; `RichProgress` draws a bar.
+        batcher: `batcher(index) -> batch` instead of tokenizing `train` rows (e.g. packed token blocks).
+        evaluator: `evaluator(model, device) -> dict` scoring the model after each epoch instead of accuracy on
+            `eval_examples`; its "score" (higher is better) selects the best epoch.
 
     Returns:
         metrics: steps, epochs, per-epoch train loss and eval accuracy, best epoch, seconds, throughput.
@@ -210,7 +214,8 @@ def fit(model: TorchModel, objective, train, cfg: TrainConfig, workdir: Path, *,
     if callback:
         callback({"event": "start", "total_steps": total_steps, "step": state["step"], "epochs": epochs,
                   "world_size": world, "resumed_from_step": resumed})
-    start, seen, stop = time.perf_counter(), 0, False
+    start, seen, tokens, stop = time.perf_counter(), 0, 0, False
+    batcher = batcher or (lambda index: make_batch(model, train, index, cfg.max_length))
     for epoch in range(state["step"] // steps_per_epoch, epochs):
         plan = batch_plan(train, cfg.batch_size, cfg.seed, epoch)[rank::world][:steps_per_epoch]
         wrapped.train()
@@ -218,7 +223,7 @@ def fit(model: TorchModel, objective, train, cfg: TrainConfig, workdir: Path, *,
         for i, index in enumerate(plan):
             if epoch * steps_per_epoch + i < state["step"]:
                 continue  # resuming: these batches were trained on before the checkpoint
-            batch = {k: v.to(accelerator.device) for k, v in make_batch(model, train, index, cfg.max_length).items()}
+            batch = {k: v.to(accelerator.device) for k, v in batcher(index).items()}
             with accelerator.autocast():
                 loss, parts = wrapped(batch)
             accelerator.backward(loss)
@@ -229,20 +234,23 @@ def fit(model: TorchModel, objective, train, cfg: TrainConfig, workdir: Path, *,
             optimizer.zero_grad(set_to_none=True)
             state["step"] += 1
             seen += len(index) * world
+            if "attention_mask" in batch:
+                tokens += int(batch["attention_mask"].sum()) * world
             mean_loss = accelerator.reduce(loss.detach().float(), "mean").item()
             epoch_losses.append(mean_loss)
             state["history"]["train_loss"].append([state["step"], round(mean_loss, 6)])
             if callback:
                 callback({"event": "step", "step": state["step"], "total_steps": total_steps, "loss": mean_loss,
                           "parts": {k: float(v) for k, v in parts.items()}, "lr": scheduler.get_last_lr()[0],
-                          "examples_per_s": seen / (time.perf_counter() - start)})
+                          "examples_per_s": seen / (time.perf_counter() - start),
+                          "tokens_per_s": tokens / (time.perf_counter() - start)})
             if cfg.checkpoint_every and state["step"] % cfg.checkpoint_every == 0:
                 _save_checkpoint(accelerator, workdir, cfg, objective, optimizer, scheduler, state)
             if state["step"] >= total_steps:
                 break
         state["history"]["epoch_loss"].append(float(np.mean(epoch_losses)) if epoch_losses else None)
-        if eval_examples is not None:
-            stop = _evaluate_epoch(accelerator, model, eval_examples, cfg, epoch, workdir, state, callback)
+        if eval_examples is not None or evaluator is not None:
+            stop = _evaluate_epoch(accelerator, model, eval_examples, cfg, epoch, workdir, state, callback, evaluator)
         if stop or state["step"] >= total_steps:
             break
 
@@ -257,8 +265,10 @@ def fit(model: TorchModel, objective, train, cfg: TrainConfig, workdir: Path, *,
         "train_loss": state["history"]["train_loss"], "epoch_loss": state["history"]["epoch_loss"],
         "eval": state["history"]["eval"],
         "best_epoch": state["best"]["epoch"] if state["best"] else None,
-        "best_eval_accuracy": state["best"]["accuracy"] if state["best"] else None,
+        "best_eval_accuracy": state["best"].get("accuracy") if state["best"] else None,
+        "best_eval_score": state["best"]["score"] if state["best"] else None,
         "seconds": round(seconds, 2), "examples_per_s": round(seen / seconds, 2) if seconds > 0 else None,
+        "tokens": tokens, "tokens_per_s": round(tokens / seconds, 1) if seconds > 0 and tokens else None,
         "mixed_precision": accelerator.mixed_precision,
     }
     if callback:
@@ -279,24 +289,31 @@ def _param_groups(objective, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def _evaluate_epoch(accelerator, model, examples, cfg, epoch, workdir, state, callback) -> bool:
+def _evaluate_epoch(accelerator, model, examples, cfg, epoch, workdir, state, callback, evaluator=None) -> bool:
     """Score the model after an epoch, keep the best weights on disk; True when early stopping triggers."""
 
-    from compress.data import iter_batches
-    from compress.evaluation.accuracy import score
-    from compress.inference import predict
+    if evaluator is not None:
+        model.module.eval()
+        result = {"epoch": epoch + 1, "step": state["step"], **evaluator(model, str(accelerator.device))}
+    else:
+        from compress.data import iter_batches
+        from compress.evaluation.accuracy import score
+        from compress.inference import predict
 
-    logits, labels = predict(model, iter_batches(model, examples, cfg.eval_batch_size, cfg.max_length),
-                             device=str(accelerator.device))
-    result = {"epoch": epoch + 1, "step": state["step"], **score(logits, labels, examples.num_labels)}
+        logits, labels = predict(model, iter_batches(model, examples, cfg.eval_batch_size, cfg.max_length),
+                                 device=str(accelerator.device))
+        result = {"epoch": epoch + 1, "step": state["step"], **score(logits, labels, examples.num_labels)}
+        if "accuracy" in result:
+            result["score"] = result["accuracy"]
     state["history"]["eval"].append(result)
     if callback:
         callback({"event": "eval", **result})
-    accuracy = result.get("accuracy")
-    if accuracy is None:
+    current = result.get("score")
+    if current is None:
         return False  # unlabelled eval data: keep the last weights, no early stopping
-    if state["best"] is None or accuracy > state["best"]["accuracy"]:
-        state["best"], state["stale"] = {"epoch": epoch + 1, "accuracy": accuracy}, 0
+    if state["best"] is None or current > state["best"]["score"]:
+        state["best"], state["stale"] = {"epoch": epoch + 1, "score": current,
+                                         **({"accuracy": result["accuracy"]} if "accuracy" in result else {})}, 0
         if accelerator.is_main_process:
             weights = {k: v.detach().cpu().clone() for k, v in model.module.state_dict().items()}
             _atomic_torch_save(weights, workdir / BEST_FILE)
@@ -396,8 +413,9 @@ class RichProgress:
 
     When the output is not a terminal (a log file), prints one line every ~5% of the steps instead."""
 
-    def __init__(self, description: str = "training"):
+    def __init__(self, description: str = "training", tokens: bool = False):
         self.description = description
+        self.tokens = tokens  # show tokens/s (language models) instead of examples/s
         self.progress = None
         self.task = None
         self.console = None
@@ -428,13 +446,17 @@ class RichProgress:
                 self.task = self.progress.add_task(self.description, total=event["total_steps"],
                                                    completed=event["step"], info="")
         elif kind == "step":
-            info = f"loss {event['loss']:.4f}  {event['examples_per_s']:.0f} ex/s"
+            rate = (f"{event['tokens_per_s']:.0f} tok/s" if event.get("tokens_per_s") and self.tokens
+                    else f"{event['examples_per_s']:.0f} ex/s")
+            info = f"loss {event['loss']:.4f}  {rate}"
             if self.progress:
                 self.progress.update(self.task, completed=event["step"], info=info)
             elif self.console and (event["step"] % self.every == 0 or event["step"] == event["total_steps"]):
                 self.console.print(f"{self.description} step {event['step']}/{event['total_steps']}  {info}")
         elif kind == "eval" and self.console and "accuracy" in event:
             self.console.print(f"epoch {event['epoch']}: eval accuracy {event['accuracy']:.4f}")
+        elif kind == "eval" and self.console and "perplexity" in event:
+            self.console.print(f"epoch {event['epoch']}: held-out perplexity {event['perplexity']:.2f}")
         elif kind == "end" and self.progress:
             self.progress.stop()
             self.progress = None

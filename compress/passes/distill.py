@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Literal
 
 from compress.artifacts import TorchModel
+from compress.causal import is_causal
 from compress.distillation import (  # noqa: F401  (re-exported: the pass module's public names)
     DistillSettings,
     attention_loss,
@@ -39,6 +40,13 @@ def distill(model: TorchModel, cfg: DistillConfig, ctx: PassContext) -> PassResu
     if ctx.teacher is None:
         raise CompressError("the distill pass needs a teacher", "run it inside a recipe that has a teacher")
     student = derive_student(model, cfg.student_layers, cfg.layer_map) if cfg.student_layers else model
+    if is_causal(student):
+        from compress.causal_distillation import causal_texts, run_causal_distillation
+
+        eval_texts = causal_texts(ctx.data.eval) if ctx.data.eval is not None else None
+        metrics = run_causal_distillation(student, ctx.teacher, causal_texts(ctx.data.train), cfg,
+                                          ctx.workdir / "distill", eval_texts=eval_texts, progress=ctx.progress)
+        return PassResult(student, metrics)
     metrics = run_distillation(student, ctx.teacher, ctx.data.train, cfg, ctx.workdir / "distill",
                                eval_examples=ctx.data.eval, progress=ctx.progress)
     return PassResult(student, metrics)

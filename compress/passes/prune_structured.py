@@ -10,6 +10,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from compress.causal import is_causal
 from compress.errors import CompressError
 from compress.evaluation.size import model_size
 from compress.modules import check_globs, matches
@@ -34,15 +35,24 @@ class PruneStructuredConfig(PassConfig):
     """Remove the `sparsity` fraction of the least important units of each targeted layer (or overall)."""
 
     type: Literal["prune_structured"] = "prune_structured"
-    sparsity: float = Field(description="Fraction of units removed, in [0, 1).", ge=0.0, lt=1.0)
-    unit: Literal["neurons", "heads", "channels"] = Field(
+    sparsity: float = Field(0.0, description="Fraction of units removed, in [0, 1).", ge=0.0, lt=1.0)
+    unit: Literal["neurons", "heads", "channels", "layers"] = Field(
         "neurons", description="neurons: transformer FFN width; heads: attention heads (architectures with "
-        "prune_heads: BERT, RoBERTa, ELECTRA, DistilBERT, ALBERT, ViT); channels: conv/linear channels of any "
-        "conv/MLP network, coupled through Torch-Pruning's dependency graph (residuals, BatchNorm, Flatten).")
+        "prune_heads: BERT, RoBERTa, ELECTRA, DistilBERT, ALBERT, ViT; for Llama-style decoders whole GQA groups, "
+        "a KV head with its query heads); channels: conv/linear channels of any conv/MLP network, coupled through "
+        "Torch-Pruning's dependency graph (residuals, BatchNorm, Flatten); layers: whole decoder layers (causal LMs).")
+    depth: int | None = Field(None, ge=1, description="unit layers: decoder layers kept (instead of `sparsity`).")
+    layer_selection: Literal["importance", "even"] = Field(
+        "importance", description="unit layers: drop the layers that change their hidden state least on "
+        "calibration text (1 - cosine, ShortGPT), or keep evenly spaced layers.")
+    calibration_blocks: int = Field(16, ge=1, description="Causal LMs: calibration blocks scored for importance "
+                                    "(from the calibration split, else the train split).")
+    calibration_block_size: int = Field(128, ge=8, description="Causal LMs: tokens per calibration block.")
     scope: Literal["layer", "global"] = Field("layer", description="layer: the same fraction everywhere; global: "
                                               "rank units across layers (scores normalised by each layer's mean).")
     importance: str = Field("l2", description="Importance score (l1, l2, or one added with "
-                            "compress.pruning.register_importance); computed over all weights a unit owns.")
+                            "compress.pruning.register_importance); computed over all weights a unit owns. "
+                            "Causal LMs are always scored on calibration activations (see compress.decoder_pruning).")
     round_to: int = Field(8, ge=1, description="Kept neurons/channels per layer rounded to this multiple.")
     targets: list[str] = Field(default_factory=list, description="Globs of layer names to prune (default: all).")
     exclude: list[str] = Field(default_factory=list, description="Globs of layer names to leave whole.")
@@ -53,6 +63,11 @@ class PruneStructuredConfig(PassConfig):
 def prune_structured(model, cfg: PruneStructuredConfig, ctx: PassContext) -> PassResult:
     """Prune a copy of `model`; with `cfg.recover`, distil the unpruned model into it."""
     pruned = copy_model(model)
+    if is_causal(model):
+        return _prune_decoder(model, pruned, cfg, ctx)
+    if cfg.unit == "layers":
+        raise CompressError("unit layers prunes decoder layers of causal LMs",
+                            "use student_layers in a distill stage for encoders")
     units = _units(pruned, cfg)
     before = tensor_shapes(pruned.module) if cfg.unit == "channels" else None
     check_globs([n for n, _ in pruned.module.named_modules() if n], cfg.targets + cfg.exclude)
@@ -162,3 +177,35 @@ def _record(model, unit: str, surgery: list, before: dict | None) -> None:
     else:
         model.surgery.append({"op": "slice_units", "params": {"groups": surgery}})
         sync_hf_config(model.module)
+
+
+def _prune_decoder(model, pruned, cfg: PruneStructuredConfig, ctx: PassContext) -> PassResult:
+    """Causal LMs: layers, FFN neurons or GQA groups scored on calibration text, removed, the config rewritten."""
+    from compress.causal_distillation import causal_texts
+    from compress.decoder_pruning import prune_decoder
+    from compress.text_data import pack_blocks
+
+    if cfg.unit == "channels":
+        raise CompressError("unit channels is for conv/MLP networks", "prune decoders by layers, neurons or heads")
+    if cfg.targets or cfg.exclude:
+        raise CompressError("targets / exclude are not supported for decoder pruning (every layer keeps one width)",
+                            "remove them, or prune layers by depth")
+    source = ctx.data.calibration if ctx.data.calibration is not None else ctx.data.train
+    needs_text = not (cfg.unit == "layers" and cfg.layer_selection == "even")
+    if source is None and needs_text:
+        raise CompressError("decoder pruning scores units on calibration text, and the recipe has none",
+                            "give data.calibration or data.train (or layer_selection: even)")
+    blocks = (pack_blocks(pruned.tokenizer, causal_texts(source), cfg.calibration_block_size, cfg.calibration_blocks)
+              if source is not None else None)
+    info = prune_decoder(pruned, cfg.unit, blocks, sparsity=cfg.sparsity, depth=cfg.depth,
+                         selection=cfg.layer_selection, round_to=cfg.round_to)
+    metrics: dict = {"decoder": info}
+    before, after = model.num_parameters(), pruned.num_parameters()
+    if cfg.recover is not None and after < before:
+        teacher = ctx.teacher if cfg.recover.from_teacher and ctx.teacher is not None else model
+        metrics["recovery"] = recover(pruned, teacher, ctx.data.train, cfg.recover, ctx.workdir / "recover",
+                                      ctx.data.eval, ctx.progress)
+    metrics.update({"unit": cfg.unit, "params_before": before, "params_after": after,
+                    "params_removed_fraction": 1 - after / before, "size_mb": model_size(pruned)["size_mb"]})
+    log.info("decoder %s pruning: %d -> %d parameters", cfg.unit, before, after)
+    return PassResult(pruned, metrics)
