@@ -52,6 +52,10 @@ class SplitSpec(_Strict):
     limit: int | None = Field(None, gt=0, description="Keep at most this many examples.")
     shuffle: bool = Field(False, description="Shuffle (with `seed`) before `limit`.")
     seed: int = Field(0, description="Seed of the shuffle.")
+    part: Literal["all", "train", "heldout"] = Field(
+        "all", description="all, or one side of a deterministic split by a hash of each text (e.g. train on "
+        "`part: train` and select on `part: heldout` of the same file).")
+    heldout_fraction: float = Field(0.1, gt=0, lt=1, description="Share of texts on the heldout side of `part`.")
 
 
 class DataConfig(_Strict):
@@ -85,7 +89,8 @@ class DataConfig(_Strict):
             raise CompressError(f"data.{which} has no source", "set data.source or data.{which}.source")
         return DataSpec(source=source, split=split.split, text_field=self.text_field,
                         text_pair_field=self.text_pair_field, label_field=self.label_field, limit=split.limit,
-                        shuffle=split.shuffle, seed=split.seed)
+                        shuffle=split.shuffle, seed=split.seed, part=split.part,
+                        heldout_fraction=split.heldout_fraction)
 
 
 class Shape(_Strict):

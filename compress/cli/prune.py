@@ -41,8 +41,9 @@ RecoverDataOpt = Annotated[str | None, typer.Option("--data", help="Training dat
 def prune(
     model: ModelArg,
     output: Annotated[Path, typer.Option("--output", "-o", help="Output folder (loads with compress load_model).")],
-    sparsity: Annotated[float, typer.Option(help="Fraction removed, in [0, 1): weights, or units with --structured.")],
-    structured: Annotated[str | None, typer.Option(help="Remove whole units: neurons (FFN), heads, or channels (any conv/MLP network, dependency graph).")] = None,
+    sparsity: Annotated[float | None, typer.Option(help="Fraction removed, in [0, 1): weights, or units with --structured.")] = None,
+    structured: Annotated[str | None, typer.Option(help="Remove whole units: neurons (FFN), heads, channels (any conv/MLP network, dependency graph), or layers (decoder LMs).")] = None,
+    depth: Annotated[int | None, typer.Option(min=1, help="--structured layers: decoder layers kept (instead of --sparsity).")] = None,
     global_: Annotated[bool, typer.Option("--global", help="One ranking over all targeted layers instead of per layer.")] = False,
     targets: TargetsOpt = None, exclude: ExcludeOpt = None,
     importance: Annotated[str, typer.Option(help="Structured: importance score of a unit (l1, l2).")] = "l2",
@@ -59,10 +60,17 @@ def prune(
     from compress.passes.prune_magnitude import PruneMagnitudeConfig
     from compress.passes.prune_structured import PruneStructuredConfig
 
+    if sparsity is None:
+        if not depth:
+            from compress.errors import CompressError
+
+            raise CompressError("no --sparsity given", "pass --sparsity 0.5 (or --structured layers --depth K)")
+        sparsity = 0.0
     common = dict(sparsity=sparsity, scope="global" if global_ else "layer", targets=_globs(targets),
                   exclude=_globs(exclude), recover=_recover(recover, data, epochs, max_steps, lr, batch_size, max_length))
     if structured:
-        cfg = _config(PruneStructuredConfig, unit=structured, importance=importance, round_to=round_to, **common)
+        cfg = _config(PruneStructuredConfig, unit=structured, importance=importance, round_to=round_to,
+                      **({"depth": depth} if depth else {}), **common)
     else:
         cfg = _config(PruneMagnitudeConfig, schedule=schedule, **common)
     metrics = _run(cfg, model, output, data, split, eval_split, limit, text_field, text_pair_field,
@@ -150,7 +158,7 @@ def _run(cfg, model, output: Path, data, split, eval_split, limit, text_field, t
 
         raise CompressError(f"'{model}' is an ONNX model; {cfg.type} edits PyTorch models", "pass the PyTorch model")
     train = evals = None
-    if cfg.recover is not None:
+    if cfg.recover is not None or data:  # training data for recovery; calibration text for decoder pruning
         train = load_examples(data_spec(data, split, text_field, text_pair_field, limit=limit))
         if eval_split:
             evals = load_examples(data_spec(data, eval_split, text_field, text_pair_field))
@@ -179,6 +187,14 @@ def _unstructured_table(m: dict) -> None:
 
 
 def _structured_table(m: dict) -> None:
+    if "decoder" in m:  # causal LMs: one width for every layer
+        info = m["decoder"]
+        table = _table(f"decoder pruning ({m['unit']})", "before", "after")
+        for what in ("layers", "neurons", "kv_groups", "query_heads"):
+            if f"{what}_before" in info:
+                table.add_row(what.replace("_", " "), str(info[f"{what}_before"]), str(info[f"{what}_after"]))
+        console.print(table)
+        return
     table = _table(f"structured pruning ({m['unit']})", f"{m['unit']} before", "after", "removed")
     for name, v in m["units_per_layer"].items():
         table.add_row(name, str(v["before"]), str(v["after"]), f"{v['removed_fraction']:.1%}")

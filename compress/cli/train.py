@@ -135,6 +135,10 @@ def distill(
     layer_map: Annotated[str | None, typer.Option(help="Teacher layer (0-based) per student layer, e.g. '1,3,5'.")] = None,
     projection: Annotated[bool, typer.Option(help="Learn a linear projection when hidden widths differ.")] = True,
     cache_dir: Annotated[Path | None, typer.Option(help="Where teacher logits are cached (default $COMPRESS_CACHE or ~/.cache/compress).")] = None,
+    block_size: Annotated[int, typer.Option(min=8, help="Causal LMs: tokens per packed training block.")] = 256,
+    max_blocks: Annotated[int | None, typer.Option(min=1, help="Causal LMs: at most this many training blocks.")] = None,
+    teacher_logits: Annotated[str, typer.Option(help="Causal LMs: topk (teacher's top-k cached once) or online (full teacher pass per step).")] = "topk",
+    top_k: Annotated[int, typer.Option(min=1, help="Causal LMs: teacher tokens kept per position (topk).")] = 64,
     data: DataOpt = None, split: TrainSplitOpt = "train", eval_split: EvalSplitOpt = None,
     text_field: TextFieldOpt = "text", text_pair_field: TextPairFieldOpt = None, label_field: LabelFieldOpt = "label",
     limit: LimitOpt = None, eval_limit: EvalLimitOpt = None,
@@ -145,6 +149,7 @@ def distill(
     allow_pickle: AllowPickleOpt = False, trust_remote_code: TrustRemoteCodeOpt = False,
 ) -> None:
     """Distill TEACHER into STUDENT: α·T²·KL(teacher ‖ student) + (1-α)·CE, plus optional hidden/attention losses."""
+    from compress.causal import is_causal
     from compress.passes.distill import DistillConfig, prepare_student, run_distillation
     from compress.paths import guard_output
 
@@ -162,6 +167,19 @@ def distill(
         warmup_ratio=warmup_ratio, grad_clip=grad_clip, max_length=max_length, seed=seed, patience=patience,
         checkpoint_every=checkpoint_every, resume=resume, mixed_precision=mixed_precision))
     s = prepare_student(t, s, cfg)
+    if is_causal(t):
+        from compress.causal_distillation import causal_texts, run_causal_distillation
+
+        cfg = cfg.model_copy(update={"block_size": block_size, "max_blocks": max_blocks, "top_k": top_k,
+                                     "teacher_logits": teacher_logits,
+                                     "alpha": alpha if alpha is not None else 0.5})
+        DistillConfig.model_validate(cfg.model_dump())  # the updated fields are checked too
+        metrics = run_causal_distillation(s, t, causal_texts(train), cfg, _workdir(output),
+                                          eval_texts=causal_texts(evals) if evals is not None else None,
+                                          progress=progress, cache_dir=cache_dir and cache_dir / "teacher-topk")
+        _finish(s, output, {"command": "distill", "teacher": teacher, "student": student, "config": cfg.model_dump(),
+                            **metrics})
+        return
     metrics = run_distillation(s, t, train, cfg, _workdir(output), eval_examples=evals, progress=progress,
                                cache_dir=cache_dir or _default_cache())
     _finish(s, output, {"command": "distill", "teacher": teacher, "student": student, "config": cfg.model_dump(), **metrics})

@@ -190,11 +190,15 @@ def _prune_decoder(model, pruned, cfg: PruneStructuredConfig, ctx: PassContext) 
     if cfg.targets or cfg.exclude:
         raise CompressError("targets / exclude are not supported for decoder pruning (every layer keeps one width)",
                             "remove them, or prune layers by depth")
+    from compress.decoder_pruning import decoder_layers, layers_to_keep
+
+    if cfg.unit == "layers" and cfg.depth is not None:  # a bad depth fails before any text is read
+        layers_to_keep(None, len(decoder_layers(pruned.module)), cfg.depth, "even")
     source = ctx.data.calibration if ctx.data.calibration is not None else ctx.data.train
     needs_text = not (cfg.unit == "layers" and cfg.layer_selection == "even")
     if source is None and needs_text:
-        raise CompressError("decoder pruning scores units on calibration text, and the recipe has none",
-                            "give data.calibration or data.train (or layer_selection: even)")
+        raise CompressError("decoder pruning scores units on calibration text, and none was given",
+                            "pass --data (recipes: data.calibration or data.train), or layer_selection: even")
     blocks = (pack_blocks(pruned.tokenizer, causal_texts(source), cfg.calibration_block_size, cfg.calibration_blocks)
               if source is not None else None)
     info = prune_decoder(pruned, cfg.unit, blocks, sparsity=cfg.sparsity, depth=cfg.depth,
