@@ -71,11 +71,42 @@ def build(results: dict) -> dict:
                 verdicts["speedup"] = None if st["speedup"] is None else st["speedup"] >= goals["min_speedup"]
         st["verdicts"] = verdicts
         st["meets_goals"] = all(v is True for v in verdicts.values()) if verdicts else None
+    _same_precision(stages, dev, b, s)
     timed = [st for st in stages if st.get("perplexity") is not None and st.get("decode_tokens_per_s")]
     for st, flag in zip(timed, _pareto([(st["decode_tokens_per_s"], st["perplexity"]) for st in timed]), strict=True):
         st["pareto"] = flag
     out["summary"] = summarize(out)
     return out
+
+
+PRECISIONS = ("int8", "int4")
+
+
+def precision(stage: dict) -> str:
+    """int8 / int4 / fp32 of a stage's weights: its name's suffix (`...-int8`), else its quantize config."""
+    for p in PRECISIONS:
+        if stage["name"].endswith(f"-{p}") or stage["name"] == p:
+            return p
+    config = stage.get("config") or {}
+    if stage.get("pass") == "quantize_ort":
+        return "int4" if config.get("mode") == "int4" or config.get("bits") == 4 else "int8"
+    return "fp32"
+
+
+def _same_precision(stages: list[dict], dev: str, b: int, s: int) -> None:
+    """Each stage's decode speedup over the baseline of its precision (`student-int8` vs the int8 baseline):
+    what model compression adds on top of quantization alone."""
+    baselines = {precision(st): st for st in stages if st.get("is_baseline")}
+    for st in stages:
+        st["precision"] = precision(st)
+        base = baselines.get(st["precision"])
+        st["same_precision_baseline"], st["speedup_vs_same_precision"] = None, None
+        if base is None or base is st:
+            continue
+        row, ref = _row(st, dev, b, s), _row(base, dev, b, s)
+        st["same_precision_baseline"] = base["name"]
+        if row and ref:
+            st["speedup_vs_same_precision"] = round(ref["p50_ms"] / row["p50_ms"], 3)
 
 
 def best_stage(results: dict) -> dict | None:
@@ -111,6 +142,10 @@ def summarize(results: dict) -> dict:
         speed_text = "decode speed not measured" if speed is None else f"decodes {speed:.2f}x as fast as {label}"
         parts.append(f"{speed_text}, perplexity {best['perplexity']:.3f} vs {other['perplexity']:.3f} "
                      f"({100 * delta:+.2f}%), {size:.1f}x smaller" if delta is not None and size else speed_text)
+    if best.get("speedup_vs_same_precision") is not None:
+        summary["same_precision"] = {"vs": best["same_precision_baseline"], "speedup": best["speedup_vs_same_precision"]}
+        parts.append(f"against the baseline of its own precision (`{best['same_precision_baseline']}`) it decodes "
+                     f"{best['speedup_vs_same_precision']:.2f}x as fast")
     shape = results.get("primary") or {}
     where = f"{shape.get('device', 'cpu')}, batch {shape.get('batch_size')}, prompt {shape.get('seq_len')}"
     verdict = ""
@@ -124,7 +159,9 @@ def summarize(results: dict) -> dict:
 # --- tables (strings; Markdown, HTML and the CLI share them) --------------------------------------------------
 
 STAGE_COLUMNS = ["stage", "pass", "from", "backend", "perplexity", "Δ ppl %", "KL", "top-1 %", "greedy prefix",
-                 "size MB", "params", "decode tok/s", "TTFT ms", "speedup", "goals"]
+                 "size MB", "params", "decode tok/s", "TTFT ms", "speedup", "x same precision", "goals"]
+RECOVERY_COLUMNS = ["stage", "pruned", "params", "objective", "teacher", "tokens", "train s", "tok/s",
+                    "held-out ppl before", "after", "eval ppl"]
 CLI_COLUMNS = ["stage", "backend", "perplexity", "Δ ppl %", "KL", "size MB", "decode tok/s", "speedup", "goals"]
 LATENCY_COLUMNS = ["stage", "backend", "device", "batch", "prompt", "prefill tok/s", "TTFT ms", "decode tok/s",
                    "ms/token p50", "p90", "peak RSS MB", "x teacher"]
@@ -156,7 +193,33 @@ def stage_rows(results: dict) -> list[list[str]]:
                      _f(a.get("kl"), "{:.4f}"), _f(None if a.get("top1_agreement") is None else 100 * a["top1_agreement"]),
                      _f(a.get("greedy_prefix"), "{:.1f}"), _size(s.get("size_mb")), f"{s.get('params') or 0:,}",
                      _f(s.get("decode_tokens_per_s"), "{:.1f}"), _f(s.get("ttft_ms"), "{:.1f}"),
-                     _f(s.get("speedup"), "{:.2f}x"), _verdict(s)])
+                     _f(s.get("speedup"), "{:.2f}x"),
+                     (_f(s.get("speedup_vs_same_precision"), "{:.2f}x") + f" ({s['same_precision_baseline']})"
+                      if s.get("speedup_vs_same_precision") is not None else "-"), _verdict(s)])
+    return rows
+
+
+def recovery_rows(results: dict) -> list[list[str]]:
+    """Every pruned-and-recovered stage: what was removed, the training objective (KD or plain CE), its token
+    budget and wall time, held-out perplexity before and after, and the report's perplexity: the KD-versus-CE
+    ablation reads off this table."""
+    evals = {s["name"]: s for s in results["stages"]}
+    rows = []
+    for step in results.get("pipeline") or []:
+        m = step.get("pass_metrics") or {}
+        rec, dec = m.get("recovery"), m.get("decoder")
+        if not rec or not dec:
+            continue
+        pruned = {"layers": lambda d: f"layers {d.get('layers_before')}→{d.get('layers_after')}",
+                  "neurons": lambda d: f"FFN {d.get('neurons_before')}→{d.get('neurons_after')}",
+                  "heads": lambda d: f"KV groups {d.get('kv_groups_before')}→{d.get('kv_groups_after')}"}[dec["unit"]](dec)
+        objective = (f"KD α={rec.get('alpha')} T={rec.get('temperature'):g}" if rec.get("objective") == "kd"
+                     else "CE (next token)")
+        ppl = (evals.get(step["name"]) or {}).get("perplexity")
+        rows.append([step["name"], pruned, f"{m.get('params_after') or 0:,}", objective, rec.get("teacher_logits") or "-",
+                     f"{rec.get('token_budget') or 0:,}", _f(rec.get("seconds"), "{:.0f}"), _f(rec.get("tokens_per_s"), "{:.0f}"),
+                     _f(rec.get("heldout_perplexity_before"), "{:.2f}"), _f(rec.get("heldout_perplexity_after"), "{:.2f}"),
+                     _f(ppl, "{:.3f}")])
     return rows
 
 

@@ -147,6 +147,10 @@ def _causal_html(results: dict, plots: list[tuple[str, str, bytes]]) -> str:
         parts.append("<h2>Goals</h2><ul>" + "".join(f"<li>{_md_inline(i)}</li>" for i in lines) + "</ul>"
                      f"<p>Stages meeting every goal: {html.escape(', '.join(met) or 'none')}.</p>")
     parts += _figures(plots)
+    recovery = causal.recovery_rows(results)
+    if recovery:
+        parts.append("<h2>Pruning and recovery</h2>")
+        parts.append(_table(causal.RECOVERY_COLUMNS, recovery))
     parts.append("<h2>Latency and memory</h2>")
     parts.append(_table(causal.LATENCY_COLUMNS, causal.latency_rows(results)))
     gen = causal.generation_rows(results)

@@ -206,6 +206,11 @@ def _causal_markdown(results: dict, plot_files) -> str:
         out += ["", f"Stages meeting every goal: {', '.join(f'`{m}`' for m in met) or 'none'}.", ""]
     if summary.get("comparisons"):
         out += ["## Best stage versus references", "", _md_table(causal.COMPARE_COLUMNS, causal.compare_rows(results)), ""]
+    recovery = causal.recovery_rows(results)
+    if recovery:
+        out += ["## Pruning and recovery", "", "Students pruned from the teacher and trained back on the same token "
+                "budget: token-level KD versus plain next-token cross-entropy (CE) where both were run.", "",
+                _md_table(causal.RECOVERY_COLUMNS, recovery), ""]
     out += ["## Latency and memory", "", _md_table(causal.LATENCY_COLUMNS, causal.latency_rows(results)), ""]
     for file, title in plot_files or []:
         out += [f"![{title}]({file})", ""]
