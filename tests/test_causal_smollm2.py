@@ -56,3 +56,43 @@ def test_export_parity_and_optimum_generates(cli, tmp_path):
     ids = tokenizer("The capital of France is", return_tensors="pt")
     text = tokenizer.decode(model.generate(**ids, max_new_tokens=4, do_sample=False)[0])
     assert "Paris" in text
+
+
+@pytest.mark.skipif(not RTE.exists(), reason="../shared/data is not beside the checkout")
+def test_pruned_smollm2_reloads_recovers_and_exports(smollm2, tmp_path):
+    """Part 2 on the real model: a GQA group and 8 layers removed on RTE calibration text, a few real KD steps
+    lower held-out perplexity, and the folder rebuilds from its config and exports with parity."""
+    import torch
+
+    from compress.causal_distillation import causal_texts, run_causal_distillation
+    from compress.data import DataSpec, load_examples
+    from compress.decoder_pruning import prune_decoder
+    from compress.distillation import DistillSettings
+    from compress.export.causal import export_causal
+    from compress.models import load_model
+    from compress.pruning import copy_model
+    from compress.text_data import pack_blocks
+
+    train = causal_texts(load_examples(DataSpec(source=str(RTE), split="train", part="train", limit=300)))
+    heldout = causal_texts(load_examples(DataSpec(source=str(RTE), split="train", part="heldout", limit=100)))
+    student = copy_model(smollm2)
+    calibration = pack_blocks(smollm2.tokenizer, train, 128, 8)
+    info = prune_decoder(student, "layers", calibration, depth=22)
+    assert info["kept_layers"][0] == 0  # the first layer changes the residual stream most: never dropped
+    prune_decoder(student, "heads", calibration, sparsity=0.34)
+    c = student.module.config
+    assert (c.num_hidden_layers, c.num_attention_heads, c.num_key_value_heads, c.head_dim) == (22, 6, 2, 64)
+    cfg = DistillSettings(max_steps=4, batch_size=4, block_size=128, max_blocks=16, lr=3e-4, alpha=0.5,
+                          temperature=1.0, eval_blocks=4, warmup_ratio=0.0)
+    m = run_causal_distillation(student, smollm2, train, cfg, tmp_path / "w", eval_texts=heldout, progress=False,
+                                cache_dir=tmp_path / "cache")
+    assert m["heldout_perplexity_after"] < m["heldout_perplexity_before"]
+    assert m["topk_check"]["teacher_mass_in_topk"] > 0.5  # at T=1 the top 64 tokens hold most of the mass
+    student.save(tmp_path / "student")
+    reloaded = load_model(str(tmp_path / "student"))
+    assert reloaded.num_parameters() == student.num_parameters() < smollm2.num_parameters()
+    ids = torch.from_numpy(calibration[:1])
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded.module(input_ids=ids).logits, student.module(input_ids=ids).logits)
+    parity = export_causal(reloaded, tmp_path / "onnx", texts=heldout).parity
+    assert parity.max_abs_diff <= 1e-3 and parity.greedy_identical == parity.greedy_prompts
