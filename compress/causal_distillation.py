@@ -278,14 +278,15 @@ def run_causal_distillation(student: TorchModel, teacher: TorchModel, texts: lis
     metrics = fit(student, objective_module(student.module, loss_fn, **extra), train, cfg, workdir,
                   callback=callback, batcher=batcher, evaluator=evaluator)
     teacher.module.to("cpu")
-    after = block_perplexity(student, eval_blocks) if eval_blocks is not None else None
+    # The loop scored every epoch and kept the best weights: that evaluation is the final perplexity.
+    after = min((e["perplexity"] for e in metrics["eval"]), default=None)
     return {**metrics, "objective": "kd" if cfg.alpha > 0 else "ce", "alpha": cfg.alpha,
             "temperature": cfg.temperature, "teacher_logits": ("online" if online else f"top-{cfg.top_k}")
             if cfg.alpha > 0 else None, "topk_check": check or None,
             "train_blocks": len(blocks), "block_size": cfg.block_size, "train_tokens_available": int(blocks.size),
             "token_budget": metrics["steps"] * cfg.batch_size * cfg.block_size,
             "heldout_perplexity_before": before and before["perplexity"],
-            "heldout_perplexity_after": after and after["perplexity"],
+            "heldout_perplexity_after": after,
             "layer_map": mapped or None, "student_params": student.num_parameters(),
             "teacher_params": teacher.num_parameters()}
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from compress.artifacts import TorchModel
 from compress.errors import CompressError
-from compress.modules import swap_module
+from compress.modules import renumber_layers, swap_module
 
 log = logging.getLogger(__name__)
 
@@ -117,10 +117,7 @@ def keep_layers(module, keep: list[int]) -> None:
     if isinstance(getattr(config, "layer_types", None), list):  # per-layer attention kinds (sliding / full)
         config.layer_types = [config.layer_types[i] for i in keep]
     config.num_hidden_layers = len(keep)
-    for new_index, block in enumerate(module.model.layers):
-        for sub in block.modules():  # the KV cache is indexed by layer_idx: renumber 0..K-1
-            if hasattr(sub, "layer_idx"):
-                sub.layer_idx = new_index
+    renumber_layers(module.model.layers)
 
 
 def keep_neurons(module, keep: list) -> None:

@@ -25,7 +25,7 @@ from compress import inference
 from compress.artifacts import TorchModel
 from compress.data import iter_batches
 from compress.errors import CompressError
-from compress.modules import swap_module
+from compress.modules import renumber_layers, swap_module
 from compress.train import RichProgress, TrainConfig, fit, make_batch, objective_module, process_state
 
 log = logging.getLogger(__name__)
@@ -152,10 +152,7 @@ def derive_student(teacher: TorchModel, k: int, layers: list[int] | None = None)
     swap_module(module, name, nn.ModuleList([blocks[i] for i in layers]))
     module.requires_grad_(True)
     module.config.num_hidden_layers = k  # saved configs rebuild K layers; state-dict keys renumber 0..K-1
-    for new_index, block in enumerate(module.get_submodule(name)):
-        for sub in block.modules():  # keep per-layer indices (used by caches) consistent with the new position
-            if hasattr(sub, "layer_idx"):
-                sub.layer_idx = new_index
+    renumber_layers(module.get_submodule(name))
     return TorchModel(module, teacher.task, tokenizer=teacher.tokenizer, surgery=list(teacher.surgery),
                       source=f"{teacher.source} [layers {','.join(map(str, layers))}]")
 

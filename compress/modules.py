@@ -129,3 +129,12 @@ def parse_shape(text: str) -> tuple[int, ...]:
     if not shape or any(d < 1 for d in shape):
         raise CompressError(f"bad --input-shape '{text}'", "give positive sizes of one example, e.g. 64 or 3,32,32")
     return shape
+
+
+def renumber_layers(blocks) -> None:
+    """Give every submodule with a `layer_idx` (attention caches index by it) its block's new position 0..K-1,
+    after blocks were dropped or reordered."""
+    for new_index, block in enumerate(blocks):
+        for sub in block.modules():
+            if hasattr(sub, "layer_idx"):
+                sub.layer_idx = new_index
