@@ -30,6 +30,7 @@ import numpy as np
 
 from compress.artifacts import TorchModel
 from compress.distillation import DistillSettings, fingerprint, hidden_state_loss, layer_map
+from compress.distillation import default_cache_dir as shared_cache_dir
 from compress.errors import CompressError
 from compress.evaluation.perplexity import check_same_vocabulary
 from compress.text_data import pack_blocks
@@ -178,9 +179,7 @@ def _bar(progress: bool, description: str, total: int):
 
 def default_cache_dir() -> Path:
     """Shared across runs and stages, so students distilled from one teacher on one text reuse its top-k."""
-    import os
-
-    return Path(os.environ.get("COMPRESS_CACHE", Path.home() / ".cache" / "compress")) / "teacher-topk"
+    return shared_cache_dir("teacher-topk")
 
 
 # --- perplexity for model selection ---------------------------------------------------------------------------

@@ -183,6 +183,16 @@ def prepare_student(teacher: TorchModel, student: TorchModel | None, cfg: Distil
 # --- teacher logits, cached --------------------------------------------------------------------------------
 
 
+def default_cache_dir(kind: str = "teacher-logits") -> Path:
+    """`$COMPRESS_CACHE/<kind>` (default ~/.cache/compress): shared across runs, stages and search trials, so every
+    student distilled from one teacher on one transfer set reuses one teacher pass. Entries are keyed by the
+    teacher's weights and the data, so sharing cannot mix two teachers."""
+    import os
+
+    return Path(os.environ.get("COMPRESS_CACHE") or Path.home() / ".cache" / "compress").expanduser() / kind
+
+
+
 def fingerprint(model: TorchModel) -> str:
     """sha256 of a model's weights (names, shapes, bytes): the teacher part of the cache key."""
     h = hashlib.sha256()
@@ -280,7 +290,7 @@ def run_distillation(student: TorchModel, teacher: TorchModel, train, cfg: Disti
         workdir: checkpoints and the best epoch's weights (and the logits cache unless `cache_dir`).
         eval_examples: labelled examples scored after each epoch (best epoch kept).
         progress: draw a rich progress bar (ignored when `callback` is given).
-        cache_dir: where teacher logits are cached; default `workdir/cache`.
+        cache_dir: where teacher logits are cached; default `default_cache_dir()` (shared between stages).
         callback: receives the loop's events instead of the bar.
     """
     import torch
@@ -288,7 +298,7 @@ def run_distillation(student: TorchModel, teacher: TorchModel, train, cfg: Disti
 
     check_compatible(student, teacher, train, cfg)
     teacher.module.eval()  # its forward passes run under no_grad and its weights are not optimised
-    cached = teacher_logits(teacher, train, cfg.max_length, Path(cache_dir or Path(workdir) / "cache"))
+    cached = teacher_logits(teacher, train, cfg.max_length, Path(cache_dir or default_cache_dir()))
     student.module.eval()  # a probe, not a training step (hooks that count training forwards ignore it)
     with torch.no_grad():
         probe = student.logits(make_batch(student, train, np.arange(min(2, len(train))), cfg.max_length))

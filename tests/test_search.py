@@ -383,7 +383,7 @@ def test_cli_search_writes_the_report_and_resumes(cli, tmp_path, one_thread):
     # assert
     assert first.exit_code == 0, first.output
     assert "trial 0: complete" in first.output and "scoring the test split once" in first.output
-    folder = tmp_path / "reports" / "tiny-search-search"
+    folder = tmp_path / "reports" / "tiny-search"  # a name ending in -search gets no second suffix
     assert {"report.md", "report.html", "search.json"} <= {p.name for p in folder.iterdir()}
     assert again.exit_code == 0 and "trials: 2/2 finished" in again.output and "trial 0" not in again.output
     assert (tmp_path / "runs" / "tiny-search" / "search" / "best" / "best.json").exists()

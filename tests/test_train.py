@@ -204,7 +204,7 @@ def test_two_cpu_processes_train_in_lockstep(tmp_path):
     script.write_text(SCRIPT)
     # torchrun sets RANK / WORLD_SIZE / MASTER_* exactly as `accelerate launch --multi_gpu` does on GPUs
     # (`accelerate launch --cpu` starts one process unless MPI is configured).
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "COMPRESS_CACHE": str(tmp_path / "cache")}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
            str(script), str(tmp_path)]
 
@@ -216,7 +216,8 @@ def test_two_cpu_processes_train_in_lockstep(tmp_path):
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert all(r["metrics"]["world_size"] == 2 and r["metrics"]["steps"] == 3 for r in ranks)
     assert np.allclose(ranks[0]["weights"], ranks[1]["weights"], atol=1e-6)
-    assert len(list((tmp_path / "work" / "cache").glob("teacher-logits-*.npy"))) == 1
+    # one teacher pass, written once by the first process into the shared cache, read by the other
+    assert len(list((tmp_path / "cache" / "teacher-logits").glob("teacher-logits-*.npy"))) == 1
     assert Path(tmp_path / "work").exists()
 
 

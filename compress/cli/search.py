@@ -13,7 +13,7 @@ from compress.cli.app import app, console
 @app.command()
 def search(
     recipe: Annotated[Path, typer.Argument(help="Recipe YAML with a `search:` block, e.g. recipes/minilm-sst2-search.yaml.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Report root: the report goes to OUTPUT/<recipe name>-search/.")] = Path("reports"),
+    output: Annotated[Path, typer.Option("--output", "-o", help="Report root: the report goes to OUTPUT/<recipe name>-search/ (OUTPUT/<recipe name>/ when the name already ends in -search).")] = Path("reports"),
     runs: Annotated[Path, typer.Option(help="Stage cache root; the study and best/ live in RUNS/<recipe name>/search/.")] = Path("runs"),
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate the recipe and its search block, print the space; load no model.")] = False,
     fresh: Annotated[bool, typer.Option(help="Start a new study (the stage cache is kept).")] = False,
@@ -42,7 +42,7 @@ def search(
     from compress.paths import guard_output
     from compress.report.search import write
 
-    out = output / f"{plan.name}-search"
+    out = output / (plan.name if plan.name.endswith("-search") else f"{plan.name}-search")
     guard_output(out, [recipe, *pipeline.recipe_inputs(plan)])
     results = lib.search(plan, runs_dir=runs, fresh=fresh, on_event=_event, finalize=not trials_only)
     console.print(f"best so far: {lib.search_dir(plan, runs) / lib.BEST_DIR}")

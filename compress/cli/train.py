@@ -181,15 +181,8 @@ def distill(
                             **metrics})
         return
     metrics = run_distillation(s, t, train, cfg, _workdir(output), eval_examples=evals, progress=progress,
-                               cache_dir=cache_dir or _default_cache())
+                               cache_dir=cache_dir)
     _finish(s, output, {"command": "distill", "teacher": teacher, "student": student, "config": cfg.model_dump(), **metrics})
-
-
-def _default_cache() -> Path:
-    """Teacher logits are kept across runs in $COMPRESS_CACHE (default ~/.cache/compress)."""
-    import os
-
-    return Path(os.environ.get("COMPRESS_CACHE", "~/.cache/compress")).expanduser() / "teacher-logits"
 
 
 def _default_task(model: str) -> str | None:

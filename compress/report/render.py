@@ -175,11 +175,18 @@ def _stage_detail(s: dict) -> list[str]:
 def _environment(results: dict) -> list[str]:
     env = results.get("environment") or {}
     versions = ", ".join(f"{k} {v}" for k, v in (env.get("versions") or {}).items())
-    variables = "".join(f", {k}={v}" for k, v in (env.get("env") or {}).items())
-    if "OMP_WAIT_POLICY" not in (env.get("env") or {}):
-        variables += ", OMP_WAIT_POLICY unset (the OpenMP runtime's default)"
+    parent = env.get("env") or {}
+    variables = "".join(f", {k}={v}" for k, v in parent.items() if k != "OMP_WAIT_POLICY")
+    # The parent's OMP_WAIT_POLICY governs training and evaluation only: bench workers never inherit it.
+    variables += (f"; training and evaluation ran with OMP_WAIT_POLICY={parent['OMP_WAIT_POLICY']}"
+                  if "OMP_WAIT_POLICY" in parent else "; training and evaluation ran with OMP_WAIT_POLICY unset")
+    policies = {row["backend"]: row["wait_policy"] for stage in results.get("stages") or []
+                for row in stage.get("latency") or [] if row.get("wait_policy")}
+    if policies:
+        variables += ("; latency workers set their own policy (never the parent's): "
+                      + "; ".join(f"{backend} {policy}" for backend, policy in sorted(policies.items())))
     return ["## Environment", "", f"{env.get('cpu', '?')} (flags: {', '.join(env.get('cpu_flags') or []) or '-'}), "
-            f"{_threads(env)}{variables}, Python {env.get('python', '?')}; {versions}. "
+            f"{_threads(env)}{variables}. Python {env.get('python', '?')}; {versions}. "
             f"Created {results.get('created', '?')} from recipe `{results['recipe']}`; stage cache `{results.get('run_dir')}`.",
             ""]
 
