@@ -111,15 +111,17 @@ def text_bucket(text: str) -> float:
 
 
 def iter_batches(model, examples: Examples, batch_size: int = 32, max_length: int = 128,
-                 shuffle: bool = False, seed: int = 0) -> Iterator[dict]:
+                 shuffle: bool = False, seed: int = 0, order: np.ndarray | None = None) -> Iterator[dict]:
     """Yield batches of torch tensors for `model` (a TorchModel or OnnxModel): dynamic padding per batch.
 
     Text batches hold the tokenizer outputs and `labels`; image batches hold `inputs` and `labels`.
+    `order` (indices into `examples`) overrides `shuffle`: e.g. by length, so that padding wastes little.
     """
     import torch
 
     check_labels(examples, getattr(model, "num_labels", None))
-    order = np.random.default_rng(seed).permutation(len(examples)) if shuffle else np.arange(len(examples))
+    if order is None:
+        order = np.random.default_rng(seed).permutation(len(examples)) if shuffle else np.arange(len(examples))
     for start in range(0, len(examples), batch_size):
         idx = order[start:start + batch_size]
         if examples.texts is not None:

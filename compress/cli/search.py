@@ -20,6 +20,7 @@ def search(
     trials_only: Annotated[bool, typer.Option(help="Stop after the trials: no finalist bench, no test scoring, no report.")] = False,
     omp_wait_policy: Annotated[str, typer.Option(help="OMP_WAIT_POLICY for training and evaluation (unless already set); "
                                                  "bench workers always set their own per backend. 'default' leaves it unset.")] = "PASSIVE",
+    progress: Annotated[bool, typer.Option(help="Show each pass's progress bar (training steps) inside the trials.")] = True,
 ) -> None:
     """Search RECIPE's space for the fastest (or smallest) model within its accuracy budget; resumable (Ctrl-C, kill)."""
     import os
@@ -44,7 +45,8 @@ def search(
 
     out = output / (plan.name if plan.name.endswith("-search") else f"{plan.name}-search")
     guard_output(out, [recipe, *pipeline.recipe_inputs(plan)])
-    results = lib.search(plan, runs_dir=runs, fresh=fresh, on_event=_event, finalize=not trials_only)
+    results = lib.search(plan, runs_dir=runs, fresh=fresh, on_event=_event, finalize=not trials_only,
+                         progress=progress)
     console.print(f"best so far: {lib.search_dir(plan, runs) / lib.BEST_DIR}")
     if not trials_only:
         folder = write(results, out)
