@@ -220,7 +220,7 @@ def by_length(examples) -> np.ndarray:
     if examples.texts is None:
         return np.arange(len(examples))
     pairs = examples.text_pairs or [""] * len(examples.texts)
-    return np.argsort([len(t) + len(p) for t, p in zip(examples.texts, pairs)], kind="stable")
+    return np.argsort([len(t) + len(p) for t, p in zip(examples.texts, pairs, strict=True)], kind="stable")
 
 
 def teacher_logits(teacher: TorchModel, examples, max_length: int, cache_dir: Path, batch_size: int = 64) -> np.ndarray:
