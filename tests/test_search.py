@@ -424,3 +424,20 @@ def test_causal_search_with_a_perplexity_budget(shared_data, tmp_path, one_threa
     assert chosen["loss"] == pytest.approx(chosen["perplexity"] / chosen["teacher_perplexity"] - 1)
     assert results["test"]["stages"]["chosen"]["perplexity"] > 0
     assert "ppl" in (write_report(results, tmp_path / "report") / "report.md").read_text()
+
+
+def test_trial_table_marks_repeated_settings():
+    # setup: TPE may propose a finished setting again; the report says it was served from the cache
+    from compress.report.search import trial_table
+
+    row = {"state": "complete", "fidelity": "full", "low": None, "stopped": None, "error": None, "retry_of": None,
+           "seconds": 1.0, "feasible": True,
+           "full": {"accuracy": 0.9, "loss": 0.001, "p50_ms": 2.0, "size_mb": 10.0}}
+    results = {"budget_metric": "accuracy", "trials": [{**row, "number": 0, "settings": {"a": 1, "b": 2}},
+                                                       {**row, "number": 1, "settings": {"b": 2, "a": 1}},
+                                                       {**row, "number": 2, "settings": {"a": 2, "b": 2}}]}
+    # execute
+    _, rows = trial_table(results)
+    # assert
+    notes = [r[-1] for r in rows]
+    assert "same settings" not in notes[0] and "same settings as #0" in notes[1] and "same settings" not in notes[2]

@@ -49,10 +49,13 @@ def trial_table(results: dict) -> tuple[list[str], list[list[str]]]:
     causal = results["budget_metric"] == "perplexity"
     head = ["#", "state", "settings", "fidelity", "ppl" if causal else "val acc %", "Δ ppl %" if causal else "Δ pt",
             "p50 ms", "size MB", "seconds", "note"]
-    rows = []
+    rows, first_with = [], {}
     for t in results["trials"]:
         figures = t["full"] or t["low"] or {}
         note = t["stopped"] or t["error"] or (f"retry of #{t['retry_of']}" if t["retry_of"] is not None else "")
+        same = first_with.setdefault(json.dumps(t["settings"], sort_keys=True), t["number"])
+        if same != t["number"]:  # the sampler proposed settings again: every stage came from the cache
+            note = (f"same settings as #{same} (stage cache); " + note).rstrip("; ")
         if t["feasible"]:
             note = ("within budget; " + note).rstrip("; ")
         rows.append([str(t["number"]), t["state"], _settings(t["settings"]), t["fidelity"] or "-",
