@@ -582,8 +582,7 @@ def _finalize(ctx: _Context, study) -> dict:
     # Selection is over: the eval split is read now, once, for the chosen model and the references.
     ctx.emit("phase", name="test")
     candidate = search_candidate(recipe)
-    final = _run_pipeline(trial_recipe(recipe, chosen["settings"], split="eval",
-                                       targets=[candidate, *recipe.baselines]), ctx.runs_dir, ctx.progress)
+    final = _score_eval_once(ctx, chosen["settings"], [candidate, *recipe.baselines])
     by_name = {s["name"]: s for s in final["stages"][1:]}
     test = {"teacher": _test_row(final["stages"][0]), "chosen": _test_row(by_name[candidate]),
             **{b: _test_row(by_name[b]) for b in recipe.baselines if b in by_name}}
@@ -608,6 +607,22 @@ def _final_bench(ctx: _Context, sources: list[str], labels: list[str], spec: Ben
     tmp.write_text(json.dumps(timing, indent=2, default=str))
     os.replace(tmp, cache)
     return timing
+
+
+def _score_eval_once(ctx: _Context, settings: dict, targets: list[str]) -> dict:
+    """The eval-split results of the chosen setting, kept: a re-run of a finished search (e.g. to rebuild its
+    report) reports them again instead of reading the eval split a second time."""
+    from compress.pipeline import digest
+
+    cache = ctx.folder / f"eval-{digest({'settings': settings, 'targets': targets})}.json"
+    if cache.exists():
+        return json.loads(cache.read_text())
+    final = _run_pipeline(trial_recipe(ctx.recipe, settings, split="eval", targets=targets), ctx.runs_dir,
+                          ctx.progress)
+    tmp = cache.with_name(f".{cache.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(final, indent=2, default=str))
+    os.replace(tmp, cache)
+    return final
 
 
 def _test_row(stage: dict) -> dict:

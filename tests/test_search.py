@@ -285,6 +285,10 @@ def test_best_always_meets_the_budget_and_the_test_split_is_read_only_after_the_
     assert text.count("| complete |") + text.count("| pruned |") == len(results["trials"])
     assert "## Chosen model" in text and "base-onnx" in text and (out / "pareto.png").exists()
     assert json.loads((out / "search.json").read_text())["chosen"]["number"] == chosen["number"]
+    # a re-run of the finished search (to rebuild the report) reports the kept test figures, not a second read
+    before = len(reads)
+    again = lib.search(recipe, runs_dir=tmp_path)
+    assert ("test", "test") not in reads[before:] and again["test"] == results["test"]
 
 
 def test_changed_space_refuses_the_old_study(tmp_path):
