@@ -29,8 +29,13 @@ from pathlib import Path
 import numpy as np
 
 from compress.artifacts import TorchModel
-from compress.distillation import DistillSettings, fingerprint, hidden_state_loss, layer_map
-from compress.distillation import default_cache_dir as shared_cache_dir
+from compress.distillation import (
+    DistillSettings,
+    default_cache_dir,
+    fingerprint,
+    hidden_state_loss,
+    layer_map,
+)
 from compress.errors import CompressError
 from compress.evaluation.perplexity import check_same_vocabulary
 from compress.text_data import pack_blocks
@@ -177,11 +182,6 @@ def _bar(progress: bool, description: str, total: int):
     return advance
 
 
-def default_cache_dir() -> Path:
-    """Shared across runs and stages, so students distilled from one teacher on one text reuse its top-k."""
-    return shared_cache_dir("teacher-topk")
-
-
 # --- perplexity for model selection ---------------------------------------------------------------------------
 
 
@@ -234,7 +234,7 @@ def run_causal_distillation(student: TorchModel, teacher: TorchModel, texts: lis
     cached = None
     check: dict = {}
     if cfg.alpha > 0 and not online:
-        cached = teacher_topk(teacher, blocks, cfg.top_k, cfg.temperature, Path(cache_dir or default_cache_dir()),
+        cached = teacher_topk(teacher, blocks, cfg.top_k, cfg.temperature, Path(cache_dir or default_cache_dir("teacher-topk")),
                               progress=progress)
         check = topk_gap(student, teacher, blocks[: min(4, len(blocks))], cfg)
     mapped = layer_map(student, teacher, cfg) if want_hidden else []

@@ -110,6 +110,15 @@ def text_bucket(text: str) -> float:
     return int.from_bytes(hashlib.sha1(text.encode("utf-8")).digest()[:8], "big") / 2**64
 
 
+def text_lengths(examples: Examples) -> np.ndarray | None:
+    """Characters per example (text plus pair): a cheap proxy for tokens, to group similar lengths so that dynamic
+    padding wastes little; None for array data."""
+    if examples.texts is None:
+        return None
+    pairs = examples.text_pairs or [""] * len(examples.texts)
+    return np.array([len(t) + len(p) for t, p in zip(examples.texts, pairs, strict=True)])
+
+
 def iter_batches(model, examples: Examples, batch_size: int = 32, max_length: int = 128,
                  shuffle: bool = False, seed: int = 0, order: np.ndarray | None = None) -> Iterator[dict]:
     """Yield batches of torch tensors for `model` (a TorchModel or OnnxModel): dynamic padding per batch.

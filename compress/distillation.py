@@ -23,9 +23,10 @@ from pydantic import Field
 
 from compress import inference
 from compress.artifacts import TorchModel
-from compress.data import iter_batches
+from compress.data import iter_batches, text_lengths
 from compress.errors import CompressError
 from compress.modules import renumber_layers, swap_module
+from compress.paths import cache_root, write_atomic
 from compress.train import RichProgress, TrainConfig, fit, make_batch, objective_module, process_state
 
 log = logging.getLogger(__name__)
@@ -184,13 +185,10 @@ def prepare_student(teacher: TorchModel, student: TorchModel | None, cfg: Distil
 
 
 def default_cache_dir(kind: str = "teacher-logits") -> Path:
-    """`$COMPRESS_CACHE/<kind>` (default ~/.cache/compress): shared across runs, stages and search trials, so every
-    student distilled from one teacher on one transfer set reuses one teacher pass. Entries are keyed by the
-    teacher's weights and the data, so sharing cannot mix two teachers."""
-    import os
-
-    return Path(os.environ.get("COMPRESS_CACHE") or Path.home() / ".cache" / "compress").expanduser() / kind
-
+    """`cache_root()/<kind>`: shared across runs, stages and search trials, so every student distilled from one
+    teacher on one transfer set reuses one teacher pass. Entries are keyed by the teacher's weights and the data,
+    so sharing cannot mix two teachers."""
+    return cache_root() / kind
 
 
 def fingerprint(model: TorchModel) -> str:
@@ -215,14 +213,6 @@ def data_fingerprint(examples, max_length: int) -> str:
     return h.hexdigest()
 
 
-def by_length(examples) -> np.ndarray:
-    """Indices of `examples` by text length in characters (a cheap proxy for tokens), stable; identity for arrays."""
-    if examples.texts is None:
-        return np.arange(len(examples))
-    pairs = examples.text_pairs or [""] * len(examples.texts)
-    return np.argsort([len(t) + len(p) for t, p in zip(examples.texts, pairs, strict=True)], kind="stable")
-
-
 def teacher_logits(teacher: TorchModel, examples, max_length: int, cache_dir: Path, batch_size: int = 64) -> np.ndarray:
     """(N, C) float32 teacher logits of `examples`, computed once and kept in `cache_dir` (keyed by hashes)."""
 
@@ -233,16 +223,16 @@ def teacher_logits(teacher: TorchModel, examples, max_length: int, cache_dir: Pa
             log.info("teacher logits from cache %s", path)
             return np.load(path)
         # Shortest first: random order pads every batch to its longest text (3x the work on SST-2 phrases).
-        order = by_length(examples)
+        lengths = text_lengths(examples)
+        order = np.arange(len(examples)) if lengths is None else np.argsort(lengths, kind="stable")
         sorted_logits, _ = inference.predict(teacher, iter_batches(teacher, examples, batch_size, max_length,
                                                                    order=order))
         logits = np.empty_like(sorted_logits)
         logits[order] = sorted_logits
+        logits = logits.astype(np.float32)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.stem + f".tmp{np.random.randint(1 << 30)}.npy")
-        np.save(tmp, logits.astype(np.float32))
-        tmp.replace(path)
-        return logits.astype(np.float32)
+        write_atomic(path, lambda tmp: np.save(tmp, logits), suffix=".npy")
+        return logits
 
 
 # --- checks --------------------------------------------------------------------------------------------------
@@ -300,7 +290,7 @@ def run_distillation(student: TorchModel, teacher: TorchModel, train, cfg: Disti
         teacher: the reference model; never modified (inference mode, no gradients).
         train: training `Examples`; labels are needed when `cfg.alpha < 1`.
         cfg: loss weights and loop hyperparameters.
-        workdir: checkpoints and the best epoch's weights (and the logits cache unless `cache_dir`).
+        workdir: checkpoints and the best epoch's weights.
         eval_examples: labelled examples scored after each epoch (best epoch kept).
         progress: draw a rich progress bar (ignored when `callback` is given).
         cache_dir: where teacher logits are cached; default `default_cache_dir()` (shared between stages).

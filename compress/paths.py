@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from compress.errors import CompressError
@@ -19,6 +19,19 @@ from compress.errors import CompressError
 OUTPUT_MARKERS = ("compress_model.json", "model.onnx", "results.json", "quantization.json", "compress_pass.json",
                   "metrics.json", "export_report.json", "report.md")
 LOCK_SUFFIX = ".lock"
+
+
+def cache_root() -> Path:
+    """What compress keeps across runs (converted models, teacher logits): $COMPRESS_CACHE, else ~/.cache/compress."""
+    return Path(os.environ.get("COMPRESS_CACHE") or Path.home() / ".cache" / "compress").expanduser()
+
+
+def write_atomic(path: Path, write: Callable[[Path], None], suffix: str = "") -> None:
+    """`write(tmp)` beside `path`, then one rename: readers see the old file or the whole new one, never a part.
+    `suffix` ends the temporary name for writers that add their own (np.save appends .npy)."""
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{suffix}")
+    write(tmp)
+    os.replace(tmp, path)
 
 
 def guard_output(output: str | Path, inputs: Iterable[str | Path | None] = (), *, kind: str = "dir",

@@ -25,6 +25,7 @@ import numpy as np
 
 from compress.causal import CAUSAL_TASK, is_causal
 from compress.errors import CompressError
+from compress.paths import write_atomic
 from compress.recipe import MODEL_REF, TEACHER_REF, Recipe, plan, recipe_dict
 from compress.text_data import PROMPTS
 
@@ -262,8 +263,8 @@ class Runner:
         facts = {"metrics": score(logits, labels, examples.num_labels), "size": jsonable(model_size(model)),
                  "kind": model.kind, "source": self.source(entry["ref"])}
         folder.mkdir(parents=True, exist_ok=True)
-        _write_atomic(cached_npz, lambda p: np.savez(p, logits=logits), suffix=".npz")
-        _write_atomic(cached_json, lambda p: p.write_text(json.dumps(facts, indent=2)))
+        write_atomic(cached_npz, lambda p: np.savez(p, logits=logits), suffix=".npz")
+        write_atomic(cached_json, lambda p: p.write_text(json.dumps(facts, indent=2)))
         return {**facts, "logits": logits}
 
 
@@ -294,14 +295,8 @@ class Runner:
         facts = {"metrics": metrics, "size": jsonable(model_size(model)), "kind": model.kind,
                  "source": self.source(entry["ref"]), "causal": True}
         cached.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomic(cached, lambda p: p.write_text(json.dumps(facts, indent=2)))
+        write_atomic(cached, lambda p: p.write_text(json.dumps(facts, indent=2)))
         return facts
-
-
-def _write_atomic(path: Path, write: Callable[[Path], None], suffix: str = "") -> None:
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{suffix}")
-    write(tmp)
-    os.replace(tmp, path)
 
 
 def run(recipe: Recipe, *, runs_dir: str | Path = "runs", fresh: bool = False, on_event: Event | None = None,

@@ -195,19 +195,28 @@ def _time_candidate(ctx: _Context, source: str, label: str) -> dict:
     from compress.pipeline import digest
 
     spec = trial_spec(ctx.recipe)
-    cache = ctx.folder / "latency" / f"{digest({'source': source, 'spec': spec.model_dump()})}.json"
-    if cache.exists():
-        return json.loads(cache.read_text())
-    timing = bench([source], spec, labels=[label], load_kwargs=load_kwargs(ctx.recipe))
-    if not timing["results"]:
-        raise CompressError(f"the bench measured nothing for '{label}' on {spec.devices}", "check the latency devices")
-    row = _primary_row(timing["results"], ctx.recipe, label) or timing["results"][0]
-    row = {k: v for k, v in row.items() if k != "model"}
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(f".{cache.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(row, indent=2))
-    os.replace(tmp, cache)
-    return row
+
+    def measure() -> dict:
+        timing = bench([source], spec, labels=[label], load_kwargs=load_kwargs(ctx.recipe))
+        if not timing["results"]:
+            raise CompressError(f"the bench measured nothing for '{label}' on {spec.devices}", "check the latency devices")
+        row = _primary_row(timing["results"], ctx.recipe, label) or timing["results"][0]
+        return {k: v for k, v in row.items() if k != "model"}
+
+    return _kept(ctx.folder / "latency" / f"{digest({'source': source, 'spec': spec.model_dump()})}.json", measure)[0]
+
+
+def _kept(path: Path, compute: Callable[[], dict]) -> tuple[dict, bool]:
+    """`compute()`'s result, kept as JSON at `path` (written atomically); (result, whether it was computed now).
+    What the search measures or scores once is kept this way, so a re-run reports the same figures."""
+    from compress.paths import write_atomic
+
+    if path.exists():
+        return json.loads(path.read_text()), False
+    result = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, lambda tmp: tmp.write_text(json.dumps(result, indent=2, default=str)))
+    return result, True
 
 
 def _sampled(trial, space: dict[str, list]) -> dict[str, Any]:
@@ -501,10 +510,9 @@ def search(recipe: Recipe, *, runs_dir: str | Path = "runs", fresh: bool = False
     results["cost"] = {"this_session_seconds": round(trial_seconds, 1), "trial_seconds": round(_spent_seconds(study), 1)}
     if finalize:
         results.update(_finalize(ctx, study))
-        seconds = round(time.perf_counter() - started - trial_seconds, 1)
-        # A re-run of a finished search reuses the kept finalist bench; its cost is that of the first finalization.
-        if "final_seconds" not in study.user_attrs or seconds > study.user_attrs["final_seconds"]:
-            study.set_user_attr("final_seconds", seconds)
+        # A re-run of a finished search reuses the kept bench and test scores: the cost is the run that made them.
+        if results.pop("finalized_now", False) or "final_seconds" not in study.user_attrs:
+            study.set_user_attr("final_seconds", round(time.perf_counter() - started - trial_seconds, 1))
         results["cost"]["final_seconds"] = study.user_attrs["final_seconds"]
     results["cost"]["total_seconds"] = round(results["cost"]["trial_seconds"] + results["cost"].get("final_seconds", 0), 1)
     return results
@@ -568,7 +576,7 @@ def _finalize(ctx: _Context, study) -> dict:
     labels = ["teacher", *refs, *(f"trial-{r['number']}" for r in finalists)]
     sources = [teacher_path, *(s["path"] for s in refs.values()), *(r["full"]["path"] for r in finalists)]
     spec = recipe.eval.latency or trial_spec(recipe)
-    timing = _final_bench(ctx, sources, labels, spec) if spec is not None else None
+    timing, measured = _final_bench(ctx, sources, labels, spec) if spec is not None else (None, False)
     primary = {label: _primary_row(timing["results"], recipe, label) if timing else None for label in labels}
     for r in finalists:
         r["final_p50_ms"] = (primary[f"trial-{r['number']}"] or {}).get("p50_ms")
@@ -582,7 +590,7 @@ def _finalize(ctx: _Context, study) -> dict:
     # Selection is over: the eval split is read now, once, for the chosen model and the references.
     ctx.emit("phase", name="test")
     candidate = search_candidate(recipe)
-    final = _score_eval_once(ctx, chosen["settings"], [candidate, *recipe.baselines])
+    final, scored = _score_eval_once(ctx, chosen["settings"], [candidate, *recipe.baselines])
     by_name = {s["name"]: s for s in final["stages"][1:]}
     test = {"teacher": _test_row(final["stages"][0]), "chosen": _test_row(by_name[candidate]),
             **{b: _test_row(by_name[b]) for b in recipe.baselines if b in by_name}}
@@ -590,39 +598,28 @@ def _finalize(ctx: _Context, study) -> dict:
             "bench": timing, "primary": {k: v for k, v in primary.items()},
             "test": {"split": final["eval"]["data"], "examples": final["eval"]["examples"], "stages": test},
             "environment": (timing or {}).get("environment"),
-            "primary_shape": (recipe.eval.primary_shape().model_dump() if recipe.eval.primary_shape() else None)}
+            "primary_shape": (recipe.eval.primary_shape().model_dump() if recipe.eval.primary_shape() else None),
+            "finalized_now": measured or scored}
 
 
-def _final_bench(ctx: _Context, sources: list[str], labels: list[str], spec: BenchSpec) -> dict:
+def _final_bench(ctx: _Context, sources: list[str], labels: list[str], spec: BenchSpec) -> tuple[dict, bool]:
     """One interleaved bench of the finalists, the teacher and the baselines; kept, so that running a finished
     search again reports (and chooses) from the same measurement."""
     from compress.evaluation.latency import bench
     from compress.pipeline import digest
 
-    cache = ctx.folder / f"final-bench-{digest({'sources': sources, 'labels': labels, 'spec': spec.model_dump()})}.json"
-    if cache.exists():
-        return json.loads(cache.read_text())
-    timing = bench(sources, spec, labels=labels, load_kwargs=load_kwargs(ctx.recipe))
-    tmp = cache.with_name(f".{cache.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(timing, indent=2, default=str))
-    os.replace(tmp, cache)
-    return timing
+    path = ctx.folder / f"final-bench-{digest({'sources': sources, 'labels': labels, 'spec': spec.model_dump()})}.json"
+    return _kept(path, lambda: bench(sources, spec, labels=labels, load_kwargs=load_kwargs(ctx.recipe)))
 
 
-def _score_eval_once(ctx: _Context, settings: dict, targets: list[str]) -> dict:
+def _score_eval_once(ctx: _Context, settings: dict, targets: list[str]) -> tuple[dict, bool]:
     """The eval-split results of the chosen setting, kept: a re-run of a finished search (e.g. to rebuild its
     report) reports them again instead of reading the eval split a second time."""
     from compress.pipeline import digest
 
-    cache = ctx.folder / f"eval-{digest({'settings': settings, 'targets': targets})}.json"
-    if cache.exists():
-        return json.loads(cache.read_text())
-    final = _run_pipeline(trial_recipe(ctx.recipe, settings, split="eval", targets=targets), ctx.runs_dir,
-                          ctx.progress)
-    tmp = cache.with_name(f".{cache.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(final, indent=2, default=str))
-    os.replace(tmp, cache)
-    return final
+    path = ctx.folder / f"eval-{digest({'settings': settings, 'targets': targets})}.json"
+    return _kept(path, lambda: _run_pipeline(trial_recipe(ctx.recipe, settings, split="eval", targets=targets),
+                                             ctx.runs_dir, ctx.progress))
 
 
 def _test_row(stage: dict) -> dict:

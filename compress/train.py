@@ -31,6 +31,7 @@ from pydantic import Field
 
 from compress.artifacts import TorchModel
 from compress.config import StrictConfig
+from compress.data import text_lengths
 from compress.errors import CompressError
 
 log = logging.getLogger(__name__)
@@ -118,8 +119,8 @@ def batch_plan(examples, batch_size: int, seed: int, epoch: int) -> list[np.ndar
     dynamic padding wastes little, then the batches shuffled again. Deterministic in (seed, epoch)."""
     rng = np.random.default_rng([seed, epoch])
     order = rng.permutation(len(examples))
-    if examples.texts is not None:
-        lengths = np.array([len(t) for t in examples.texts])
+    lengths = text_lengths(examples)
+    if lengths is not None:
         chunk = batch_size * 50
         order = np.concatenate([c[np.argsort(lengths[c], kind="stable")] for c in np.split(order, range(chunk, len(order), chunk))])
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]

@@ -289,6 +289,7 @@ def test_best_always_meets_the_budget_and_the_test_split_is_read_only_after_the_
     before = len(reads)
     again = lib.search(recipe, runs_dir=tmp_path)
     assert ("test", "test") not in reads[before:] and again["test"] == results["test"]
+    assert again["cost"]["final_seconds"] == results["cost"]["final_seconds"]  # the cost of the run that measured
 
 
 def test_changed_space_refuses_the_old_study(tmp_path):
