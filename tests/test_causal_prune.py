@@ -93,7 +93,8 @@ def test_shift_counts_only_real_next_tokens():
 
 
 @pytest.mark.parametrize("unit,kwargs", [("layers", {"depth": 2}), ("neurons", {"sparsity": 0.0}),
-                                         ("heads", {"sparsity": 0.0}), ("layers", {"sparsity": 0.0})])
+                                         ("heads", {"sparsity": 0.0}), ("layers", {"sparsity": 0.0}),
+                                         ("layers", {"depth": 2, "selection": "perplexity"})])
 def test_pruning_nothing_is_an_exact_no_op(llama, blocks, unit, kwargs):
     import torch
 
@@ -153,6 +154,39 @@ def test_pruned_gqa_llama_reloads_and_exports_with_parity(llama, blocks, tmp_pat
     # export_causal raises when parity fails; these are the figures it checked.
     assert result.parity.max_abs_diff <= 1e-3
     assert result.parity.greedy_identical == result.parity.greedy_prompts
+
+
+def test_greedy_depth_drops_the_layer_that_costs_nothing(llama, blocks):
+    import torch
+
+    from compress.decoder_pruning import greedy_layers, prune_decoder
+    from compress.pruning import copy_model
+
+    # arrange: layer 0 writes nothing to the residual stream, so dropping it changes no output; layer 1's writes
+    # are scaled up (at init every layer is near-identity) and the text is the model's own greedy continuation,
+    # so dropping layer 1 costs loss
+    model = copy_model(llama)
+    inner = model.module.model
+    with torch.no_grad():
+        for lin in (inner.layers[0].self_attn.o_proj, inner.layers[0].mlp.down_proj):
+            lin.weight.zero_()
+        for lin in (inner.layers[1].self_attn.o_proj, inner.layers[1].mlp.down_proj):
+            lin.weight.mul_(30.0)
+        inner.norm.weight.mul_(20.0)
+        prompt = torch.from_numpy(blocks[:4, :4])
+        text = model.module.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=28,
+                                     do_sample=False, pad_token_id=0).numpy()
+        reference = model.module(input_ids=torch.from_numpy(text[:2])).logits
+    # act
+    keep, trace = greedy_layers(model.module, text, 1)
+    pruned = copy_model(model)
+    info = prune_decoder(pruned, "layers", text, depth=1, selection="perplexity")
+    # assert: layer 1 kept, the model left whole by the search, and the pruned one computes the same function
+    assert keep == [1] and [t["dropped"] for t in trace] == [0] and len(model.module.model.layers) == 2
+    assert info["kept_layers"] == [1] and pruned.module.config.num_hidden_layers == 1
+    with torch.no_grad():
+        torch.testing.assert_close(pruned.module(input_ids=torch.from_numpy(text[:2])).logits, reference,
+                                   atol=1e-4, rtol=1e-4)
 
 
 def test_depth_keeps_the_most_influential_layers():

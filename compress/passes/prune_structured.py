@@ -42,9 +42,11 @@ class PruneStructuredConfig(PassConfig):
         "a KV head with its query heads); channels: conv/linear channels of any conv/MLP network, coupled through "
         "Torch-Pruning's dependency graph (residuals, BatchNorm, Flatten); layers: whole decoder layers (causal LMs).")
     depth: int | None = Field(None, ge=1, description="unit layers: decoder layers kept (instead of `sparsity`).")
-    layer_selection: Literal["importance", "even"] = Field(
-        "importance", description="unit layers: drop the layers that change their hidden state least on "
-        "calibration text (1 - cosine, ShortGPT), or keep evenly spaced layers.")
+    layer_selection: Literal["importance", "perplexity", "even"] = Field(
+        "importance", description="unit layers: importance drops the layers that change their hidden state least "
+        "on calibration text (1 - cosine, ShortGPT; one pass); perplexity drops, one at a time, the layer whose "
+        "removal raises calibration loss least (greedy, about n x removed passes; better choices); even keeps "
+        "evenly spaced layers.")
     calibration_blocks: int = Field(16, ge=1, description="Causal LMs: calibration blocks scored for importance "
                                     "(from the calibration split, else the train split).")
     calibration_block_size: int = Field(128, ge=8, description="Causal LMs: tokens per calibration block.")
