@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -271,3 +272,26 @@ def test_cli_prunes_and_distills_a_decoder(cli, tmp_path):
     from compress.models import load_model
 
     assert load_model(str(tmp_path / "s")).module.config.num_hidden_layers == 1
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (Path(__file__).resolve().parents[2] / "shared" / "data" / "rte").exists(),
+                    reason="../shared/data is not beside the checkout")
+def test_prune_then_distill_recipe_reports_the_ablation(tmp_path, monkeypatch):
+    """The flagship's shape on the tiny Llama: one depth-pruned stage trained twice (KD and CE) by `distill`
+    stages, a width chain recovered inside `prune_structured`; the report's recovery table follows `from`."""
+    from compress import load_recipe, run_recipe
+    from compress.report import write
+    from compress.report.causal import recovery_rows
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    results = run_recipe(load_recipe("tests/recipes/tiny-llama-prune.yaml"), runs_dir=tmp_path / "runs", progress=False)
+    written = write(results, tmp_path / "report")
+    rows = {row[0]: row for row in recovery_rows(written.results)}
+    assert set(rows) == {"depth-kd", "depth-ce", "width-kd"}
+    assert rows["depth-kd"][1] == rows["depth-ce"][1] == "layers 2→1"
+    assert rows["width-kd"][1].startswith("FFN 64→32, KV groups 2→1")
+    assert rows["depth-kd"][3].startswith("KD") and rows["depth-ce"][3] == "CE (next token)"
+    assert rows["depth-kd"][5] == rows["depth-ce"][5] == f"{3 * 4 * 32:,}"  # the same token budget
+    assert rows["depth-kd"][8] == rows["depth-ce"][8]  # the same student before training
+    assert "## Pruning and recovery" in written.markdown.read_text()

@@ -199,27 +199,46 @@ def stage_rows(results: dict) -> list[list[str]]:
     return rows
 
 
+_PRUNED = {"layers": ("layers", "layers_before", "layers_after"), "neurons": ("FFN", "neurons_before", "neurons_after"),
+           "heads": ("KV groups", "kv_groups_before", "kv_groups_after")}
+
+
+def _pruning_chain(steps: dict, name: str) -> tuple[str, int | None]:
+    """The decoder edits along stage `name`'s `from` chain, first to last (no-ops left out), and the params left
+    by the last: a student pruned in one stage and trained in another (or pruned twice) reads as one row."""
+    edits, params = [], None
+    while name in steps:
+        m = steps[name].get("pass_metrics") or {}
+        dec = m.get("decoder")
+        if dec and dec.get("unit") in _PRUNED:
+            label, before, after = _PRUNED[dec["unit"]]
+            if dec.get(before) != dec.get(after):
+                edits.append(f"{label} {dec.get(before)}→{dec.get(after)}")
+            params = params or m.get("params_after")
+        name = steps[name].get("from")
+    return ", ".join(reversed(edits)), params
+
+
 def recovery_rows(results: dict) -> list[list[str]]:
-    """Every pruned-and-recovered stage: what was removed, the training objective (KD or plain CE), its token
-    budget and wall time, held-out perplexity before and after, and the report's perplexity: the KD-versus-CE
-    ablation reads off this table."""
+    """Every pruned-and-trained stage (recovery inside `prune_structured`, or a `distill` stage whose input was
+    pruned): what was removed, the training objective (KD or plain CE), its token budget and wall time, held-out
+    perplexity before and after, and the report's perplexity: the KD-versus-CE ablation reads off this table."""
     evals = {s["name"]: s for s in results["stages"]}
+    steps = {step["name"]: step for step in results.get("pipeline") or []}
     rows = []
-    for step in results.get("pipeline") or []:
+    for name, step in steps.items():
         m = step.get("pass_metrics") or {}
-        rec, dec = m.get("recovery"), m.get("decoder")
-        if not rec or not dec:
+        rec = m.get("recovery") or (m if step.get("pass") == "distill" and m.get("objective") else None)
+        pruned, params = _pruning_chain(steps, name)
+        if not rec or not pruned:
             continue
-        pruned = {"layers": lambda d: f"layers {d.get('layers_before')}→{d.get('layers_after')}",
-                  "neurons": lambda d: f"FFN {d.get('neurons_before')}→{d.get('neurons_after')}",
-                  "heads": lambda d: f"KV groups {d.get('kv_groups_before')}→{d.get('kv_groups_after')}"}[dec["unit"]](dec)
         objective = (f"KD α={rec.get('alpha')} T={rec.get('temperature'):g}" if rec.get("objective") == "kd"
                      else "CE (next token)")
-        ppl = (evals.get(step["name"]) or {}).get("perplexity")
-        rows.append([step["name"], pruned, f"{m.get('params_after') or 0:,}", objective, rec.get("teacher_logits") or "-",
+        stage = evals.get(name) or {}
+        rows.append([name, pruned, f"{stage.get('params') or params or 0:,}", objective, rec.get("teacher_logits") or "-",
                      f"{rec.get('token_budget') or 0:,}", _f(rec.get("seconds"), "{:.0f}"), _f(rec.get("tokens_per_s"), "{:.0f}"),
                      _f(rec.get("heldout_perplexity_before"), "{:.2f}"), _f(rec.get("heldout_perplexity_after"), "{:.2f}"),
-                     _f(ppl, "{:.3f}")])
+                     _f(stage.get("perplexity"), "{:.3f}")])
     return rows
 
 
