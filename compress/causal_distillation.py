@@ -37,7 +37,7 @@ from compress.distillation import (
     layer_map,
 )
 from compress.errors import CompressError
-from compress.evaluation.perplexity import check_same_vocabulary
+from compress.evaluation.perplexity import block_perplexity, check_same_vocabulary
 from compress.text_data import pack_blocks
 from compress.train import RichProgress, fit, objective_module, process_state
 
@@ -183,23 +183,6 @@ def _bar(progress: bool, description: str, total: int):
 
 
 # --- perplexity for model selection ---------------------------------------------------------------------------
-
-
-def block_perplexity(model: TorchModel, blocks: np.ndarray, device: str = "cpu", batch_size: int = 8) -> dict:
-    """Token-weighted perplexity of `model` on packed blocks (every token real)."""
-    import torch
-    from torch.nn import functional as F
-
-    total, count = 0.0, 0
-    module = model.module.to(device).eval()
-    with torch.inference_mode():
-        for start in range(0, len(blocks), batch_size):
-            ids = torch.from_numpy(blocks[start:start + batch_size]).to(device)
-            logits = module(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[:, :-1].float()
-            total += float(F.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten(), reduction="sum"))
-            count += ids[:, 1:].numel()
-    nll = total / count
-    return {"perplexity": float(np.exp(nll)), "nll": nll, "tokens": count, "score": -nll}
 
 
 # --- the run -------------------------------------------------------------------------------------------------

@@ -5,9 +5,8 @@ that `from_pretrained` of the saved folder rebuilds the smaller model (no pickle
 Scores (one forward pass over the calibration blocks with hooks; Minitron- and ShortGPT-style):
 - layer: block influence 1 − cos(input, output) of the residual stream, mean over tokens; the layers that change
   their hidden state least are dropped first (or `even`: evenly spaced, the last kept; or `perplexity`: greedy,
-  one layer at a time, the one whose removal raises calibration perplexity least, which measured better on
-  SmolLM2: 18 of 30 layers kept, held-out perplexity before recovery 284 against block influence's 328, and 138
-  against 282 at 22 layers);
+  one layer at a time, the one whose removal raises calibration loss least: slower, about n·(n − depth) passes,
+  but it sees that two similar layers are only redundant together);
 - FFN neuron j: mean |a_j| of the down_proj input (act(gate) · up) times ‖W_down[:, j]‖₂, i.e. the size of
   its contribution to the residual stream;
 - KV group g (a key/value head and the query heads that share it): Σ over its query heads of the mean norm of
@@ -24,6 +23,7 @@ import numpy as np
 
 from compress.artifacts import TorchModel
 from compress.errors import CompressError
+from compress.evaluation.perplexity import block_perplexity
 from compress.modules import renumber_layers, swap_module
 
 log = logging.getLogger(__name__)
@@ -107,37 +107,28 @@ def calibration_scores(model: TorchModel, blocks: np.ndarray, batch_size: int = 
     return {"layers": influence / tokens, "neurons": neurons, "groups": kv_groups, "tokens": tokens}
 
 
-def greedy_layers(module, blocks: np.ndarray, depth: int, batch_size: int = 8) -> tuple[list[int], list[dict]]:
+def greedy_layers(model: TorchModel, blocks: np.ndarray, depth: int) -> tuple[list[int], list[dict]]:
     """Drop layers one at a time, each time the one whose removal leaves the lowest next-token loss on `blocks`,
     until `depth` remain: about n·(n − depth) forward passes over the calibration blocks (Shortened LLaMA's
     perplexity criterion, arXiv 2402.02834). Block influence scores every layer in the full model once, so it
     cannot see that two similar layers are only redundant together; this sees each removal's effect.
-    Returns the kept indices (sorted) and the trace: which layer went at each step and the loss it left."""
-    import torch
+    Returns the kept indices (sorted) and the trace: which layer went at each step and the loss it left.
+    The model is left whole (its layer list is swapped during the search, never edited)."""
     from torch import nn
-    from torch.nn import functional as F
 
-    inner = module.model
+    inner = model.module.model
     full = inner.layers
-    ids_all = torch.from_numpy(np.ascontiguousarray(blocks))
-
-    def loss(keep):
-        inner.layers = nn.ModuleList([full[i] for i in keep])
-        total = 0.0
-        for start in range(0, len(ids_all), batch_size):
-            ids = ids_all[start:start + batch_size]
-            logits = module(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False).logits[:, :-1]
-            total += float(F.cross_entropy(logits.flatten(0, 1).float(), ids[:, 1:].flatten(), reduction="sum"))
-        return total / (len(ids_all) * (ids_all.shape[1] - 1))
-
     keep, trace = list(range(len(full))), []
+
+    def loss_without(j: int) -> float:
+        inner.layers = nn.ModuleList([full[i] for i in keep if i != j])
+        return block_perplexity(model, blocks)["nll"]
+
     try:
-        with torch.inference_mode():
-            module.eval()
-            while len(keep) > depth:
-                best_loss, drop = min((loss([k for k in keep if k != j]), j) for j in keep)
-                keep.remove(drop)
-                trace.append({"dropped": drop, "calibration_loss": round(best_loss, 5)})
+        while len(keep) > depth:
+            best_loss, drop = min((loss_without(j), j) for j in keep)
+            keep.remove(drop)
+            trace.append({"dropped": drop, "calibration_loss": round(best_loss, 5)})
     finally:
         inner.layers = full
     return keep, trace
@@ -203,13 +194,15 @@ def keep_groups(module, keep: list) -> None:
 # --- choosing what to keep ----------------------------------------------------------------------------------------
 
 
-def layers_to_keep(scores: np.ndarray | None, n: int, depth: int, selection: str) -> list[int]:
-    """`depth` of `n` layer indices: the highest block influence, or evenly spaced (last kept); sorted."""
+def check_depth(depth: int, n: int) -> None:
     if not 1 <= depth <= n:
         raise CompressError(f"cannot keep {depth} decoder layers: the model has {n}",
                             f"pass a depth from 1 to {n} (or a sparsity below 1)")
-    if selection == "perplexity":
-        raise CompressError("perplexity layer selection needs the model", "call greedy_layers")
+
+
+def layers_to_keep(scores: np.ndarray | None, n: int, depth: int, selection: str) -> list[int]:
+    """`depth` of `n` layer indices: the highest block influence, or evenly spaced (last kept); sorted."""
+    check_depth(depth, n)
     if selection == "even":
         return [int(np.floor((i + 1) * n / depth + 0.5)) - 1 for i in range(depth)]
     return sorted(int(i) for i in np.argsort(-np.asarray(scores), kind="stable")[:depth])
@@ -236,8 +229,8 @@ def prune_decoder(model: TorchModel, unit: str, blocks: np.ndarray, *, sparsity:
     if unit == "layers":
         depth = depth if depth is not None else n - int(round(sparsity * n))
         if selection == "perplexity":
-            layers_to_keep(None, n, depth, "even")  # the depth check
-            keep, trace = greedy_layers(module, blocks, depth)
+            check_depth(depth, n)
+            keep, trace = greedy_layers(model, blocks, depth)
             info.update(calibration_tokens=int(blocks.size), greedy_trace=trace)
         else:
             keep = layers_to_keep(scores["layers"] if scores else None, n, depth, selection)

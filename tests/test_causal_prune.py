@@ -179,7 +179,7 @@ def test_greedy_depth_drops_the_layer_that_costs_nothing(llama, blocks):
                                      do_sample=False, pad_token_id=0).numpy()
         reference = model.module(input_ids=torch.from_numpy(text[:2])).logits
     # act
-    keep, trace = greedy_layers(model.module, text, 1)
+    keep, trace = greedy_layers(model, text, 1)
     pruned = copy_model(model)
     info = prune_decoder(pruned, "layers", text, depth=1, selection="perplexity")
     # assert: layer 1 kept, the model left whole by the search, and the pruned one computes the same function

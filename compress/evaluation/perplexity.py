@@ -94,6 +94,25 @@ def evaluate_causal(model, blocks: np.ndarray, *, reference=None, prompts: list[
     return out
 
 
+def block_perplexity(model, blocks: np.ndarray, device: str = "cpu", batch_size: int = 8) -> dict:
+    """Token-weighted perplexity of a PyTorch causal `model` on packed blocks (every token real): the module
+    straight, no runner and no KV cache, for the loops that score many times (epoch selection in training, the
+    greedy layer search in `compress.decoder_pruning`)."""
+    import torch
+    from torch.nn import functional as F
+
+    total, count = 0.0, 0
+    module = model.module.to(device).eval()
+    with torch.inference_mode():
+        for start in range(0, len(blocks), batch_size):
+            ids = torch.from_numpy(np.ascontiguousarray(blocks[start:start + batch_size])).to(device)
+            logits = module(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False).logits[:, :-1].float()
+            total += float(F.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten(), reduction="sum"))
+            count += ids[:, 1:].numel()
+    nll = total / count
+    return {"perplexity": float(np.exp(nll)), "nll": nll, "tokens": count, "score": -nll}
+
+
 def generate_greedy(run: CausalRunner, prompts: list[list[int]], max_new_tokens: int) -> np.ndarray:
     """(P, max_new_tokens) greedy tokens, one prompt at a time (batch 1: no padding can change the result)."""
     return np.concatenate([run.greedy(np.asarray([p], np.int64), max_new_tokens) for p in prompts])

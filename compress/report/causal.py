@@ -203,10 +203,10 @@ _PRUNED = {"layers": ("layers", "layers_before", "layers_after"), "neurons": ("F
            "heads": ("KV groups", "kv_groups_before", "kv_groups_after")}
 
 
-def _pruning_chain(steps: dict, name: str) -> tuple[str, int | None]:
-    """The decoder edits along stage `name`'s `from` chain, first to last (no-ops left out), and the params left
-    by the last: a student pruned in one stage and trained in another (or pruned twice) reads as one row."""
-    edits, params = [], None
+def _pruning_chain(steps: dict, name: str) -> str:
+    """The decoder edits along stage `name`'s `from` chain, first to last (no-ops left out): a student pruned in
+    one stage and trained in another (or pruned twice) reads as one row."""
+    edits = []
     while name in steps:
         m = steps[name].get("pass_metrics") or {}
         dec = m.get("decoder")
@@ -214,9 +214,8 @@ def _pruning_chain(steps: dict, name: str) -> tuple[str, int | None]:
             label, before, after = _PRUNED[dec["unit"]]
             if dec.get(before) != dec.get(after):
                 edits.append(f"{label} {dec.get(before)}→{dec.get(after)}")
-            params = params or m.get("params_after")
         name = steps[name].get("from")
-    return ", ".join(reversed(edits)), params
+    return ", ".join(reversed(edits))
 
 
 def recovery_rows(results: dict) -> list[list[str]]:
@@ -229,13 +228,13 @@ def recovery_rows(results: dict) -> list[list[str]]:
     for name, step in steps.items():
         m = step.get("pass_metrics") or {}
         rec = m.get("recovery") or (m if step.get("pass") == "distill" and m.get("objective") else None)
-        pruned, params = _pruning_chain(steps, name)
+        pruned = _pruning_chain(steps, name)
         if not rec or not pruned:
             continue
         objective = (f"KD α={rec.get('alpha')} T={rec.get('temperature'):g}" if rec.get("objective") == "kd"
                      else "CE (next token)")
         stage = evals.get(name) or {}
-        rows.append([name, pruned, f"{stage.get('params') or params or 0:,}", objective, rec.get("teacher_logits") or "-",
+        rows.append([name, pruned, f"{stage.get('params') or m.get('params_after') or 0:,}", objective, rec.get("teacher_logits") or "-",
                      f"{rec.get('token_budget') or 0:,}", _f(rec.get("seconds"), "{:.0f}"), _f(rec.get("tokens_per_s"), "{:.0f}"),
                      _f(rec.get("heldout_perplexity_before"), "{:.2f}"), _f(rec.get("heldout_perplexity_after"), "{:.2f}"),
                      _f(stage.get("perplexity"), "{:.3f}")])
