@@ -239,6 +239,8 @@ def test_mismatched_tokenizers_are_refused(llama, tmp_path):
     (["prune", "tiny:llama", "-o", "{tmp}/p", "--structured", "channels", "--sparsity", "0.5"],
      "prune decoders by layers, neurons or heads"),
     (["prune", "tiny:bert", "-o", "{tmp}/p", "--structured", "layers", "--depth", "1"], "decoder layers of causal LMs"),
+    (["prune", "tiny:llama", "-o", "{tmp}/p", "--structured", "layers", "--depth", "1", "--layer-selection", "best"],
+     "invalid layer-selection"),
     (["distill", "tiny:llama", "{tmp}/other-tokenizer", "-o", "{tmp}/s", "--data", "{txt}"], "different tokenizers"),
 ])
 def test_bad_decoder_input_is_one_line(cli, tmp_path, llama, args, message):
@@ -261,8 +263,11 @@ def test_cli_prunes_and_distills_a_decoder(cli, tmp_path):
     txt.write_text("".join(json.dumps({"text": f"A sentence of real English number {i} about the sea."}) + "\n"
                            for i in range(60)))
     r = cli(["prune", "tiny:llama", "-o", str(tmp_path / "p"), "--structured", "layers", "--depth", "1",
-             "--data", str(txt)])
+             "--layer-selection", "perplexity", "--calibration-blocks", "2", "--data", str(txt)])
     assert r.exit_code == 0, r.output
+    record = json.loads((tmp_path / "p" / "compress_pass.json").read_text())
+    assert record["config"]["layer_selection"] == "perplexity" and record["config"]["calibration_blocks"] == 2
+    assert "greedy_trace" in json.dumps(record["metrics"])
     r = cli(["distill", "tiny:llama", str(tmp_path / "p"), "-o", str(tmp_path / "s"), "--data", str(txt),
              "--block-size", "32", "--max-steps", "2", "--batch-size", "2", "--top-k", "8",
              "--cache-dir", str(tmp_path / "cache")])

@@ -44,6 +44,8 @@ def prune(
     sparsity: Annotated[float | None, typer.Option(help="Fraction removed, in [0, 1): weights, or units with --structured.")] = None,
     structured: Annotated[str | None, typer.Option(help="Remove whole units: neurons (FFN), heads, channels (any conv/MLP network, dependency graph), or layers (decoder LMs).")] = None,
     depth: Annotated[int | None, typer.Option(min=1, help="--structured layers: decoder layers kept (instead of --sparsity).")] = None,
+    layer_selection: Annotated[str, typer.Option(help="--structured layers: which layers go: importance (block influence), perplexity (greedy, by calibration loss; slower), or even.")] = "importance",
+    calibration_blocks: Annotated[int, typer.Option(min=1, help="Decoder LMs: calibration blocks of --data text used for scoring.")] = 16,
     global_: Annotated[bool, typer.Option("--global", help="One ranking over all targeted layers instead of per layer.")] = False,
     targets: TargetsOpt = None, exclude: ExcludeOpt = None,
     importance: Annotated[str, typer.Option(help="Structured: importance score of a unit (l1, l2).")] = "l2",
@@ -70,6 +72,7 @@ def prune(
                   exclude=_globs(exclude), recover=_recover(recover, data, epochs, max_steps, lr, batch_size, max_length))
     if structured:
         cfg = _config(PruneStructuredConfig, unit=structured, importance=importance, round_to=round_to,
+                      layer_selection=layer_selection, calibration_blocks=calibration_blocks,
                       **({"depth": depth} if depth else {}), **common)
     else:
         cfg = _config(PruneMagnitudeConfig, schedule=schedule, **common)
