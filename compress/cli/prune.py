@@ -44,8 +44,8 @@ def prune(
     sparsity: Annotated[float | None, typer.Option(help="Fraction removed, in [0, 1): weights, or units with --structured.")] = None,
     structured: Annotated[str | None, typer.Option(help="Remove whole units: neurons (FFN), heads, channels (any conv/MLP network, dependency graph), or layers (decoder LMs).")] = None,
     depth: Annotated[int | None, typer.Option(min=1, help="--structured layers: decoder layers kept (instead of --sparsity).")] = None,
-    layer_selection: Annotated[str, typer.Option(help="--structured layers: which layers go: importance (block influence), perplexity (greedy, by calibration loss; slower), or even.")] = "importance",
-    calibration_blocks: Annotated[int, typer.Option(min=1, help="Decoder LMs: calibration blocks of --data text used for scoring.")] = 16,
+    layer_selection: Annotated[str | None, typer.Option(help="--structured layers: which layers go: importance (block influence, the default), perplexity (greedy, by calibration loss; slower), or even.")] = None,
+    calibration_blocks: Annotated[int | None, typer.Option(min=1, help="Decoder LMs: calibration blocks of --data text used for scoring (default 16).")] = None,
     global_: Annotated[bool, typer.Option("--global", help="One ranking over all targeted layers instead of per layer.")] = False,
     targets: TargetsOpt = None, exclude: ExcludeOpt = None,
     importance: Annotated[str, typer.Option(help="Structured: importance score of a unit (l1, l2).")] = "l2",
@@ -72,8 +72,8 @@ def prune(
                   exclude=_globs(exclude), recover=_recover(recover, data, epochs, max_steps, lr, batch_size, max_length))
     if structured:
         cfg = _config(PruneStructuredConfig, unit=structured, importance=importance, round_to=round_to,
-                      layer_selection=layer_selection, calibration_blocks=calibration_blocks,
-                      **({"depth": depth} if depth else {}), **common)
+                      **_given(depth=depth, layer_selection=layer_selection, calibration_blocks=calibration_blocks),
+                      **common)
     else:
         cfg = _config(PruneMagnitudeConfig, schedule=schedule, **common)
     metrics = _run(cfg, model, output, data, split, eval_split, limit, text_field, text_pair_field,
@@ -114,6 +114,11 @@ def factorize(
 
 
 # --- glue ----------------------------------------------------------------------------------------------------
+
+
+def _given(**options) -> dict:
+    """The options the user passed: the config's own defaults stand for the rest (one place for each default)."""
+    return {k: v for k, v in options.items() if v is not None}
 
 
 def _globs(values: list[str] | None) -> list[str]:

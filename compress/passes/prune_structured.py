@@ -192,10 +192,10 @@ def _prune_decoder(model, pruned, cfg: PruneStructuredConfig, ctx: PassContext) 
     if cfg.targets or cfg.exclude:
         raise CompressError("targets / exclude are not supported for decoder pruning (every layer keeps one width)",
                             "remove them, or prune layers by depth")
-    from compress.decoder_pruning import decoder_layers, layers_to_keep
+    from compress.decoder_pruning import check_depth, decoder_layers
 
     if cfg.unit == "layers" and cfg.depth is not None:  # a bad depth fails before any text is read
-        layers_to_keep(None, len(decoder_layers(pruned.module)), cfg.depth, "even")
+        check_depth(cfg.depth, len(decoder_layers(pruned.module)))
     source = ctx.data.calibration if ctx.data.calibration is not None else ctx.data.train
     needs_text = not (cfg.unit == "layers" and cfg.layer_selection == "even")
     if source is None and needs_text:
