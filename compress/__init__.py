@@ -8,11 +8,13 @@ __version__ = "0.1.0"
 def __getattr__(name: str):
     # Lazy public API: `import compress` stays light; heavy modules load on first use.
     api = {
-        "load_model": "compress.models", "load_examples": "compress.data", "DataSpec": "compress.data",
+        "load_model": "compress.models.load", "load_examples": "compress.data.examples",
+        "DataSpec": "compress.data.examples",
         "export_onnx": "compress.export.onnx", "evaluate": "compress.evaluation.accuracy",
-        "bench": "compress.evaluation.latency", "BenchSpec": "compress.evaluation.latency",
+        "bench": "compress.evaluation.latency.bench", "BenchSpec": "compress.evaluation.latency.bench",
         "list_passes": "compress.passes.base", "get_pass": "compress.passes.base",
-        "CompressError": "compress.errors", "load_recipe": "compress.recipe", "run_recipe": "compress.pipeline",
+        "CompressError": "compress.core.errors", "load_recipe": "compress.pipeline.recipe",
+        "run_recipe": "compress.pipeline.runner",
     }
     if name in api:
         import importlib

@@ -15,10 +15,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from compress.architectures import TEXT, VISION, build_arch
-from compress.artifacts import TorchModel
-from compress.errors import CompressError
-from compress.models import load_model, register_builder
+from compress.core.errors import CompressError
+from compress.models.architectures import TEXT, VISION, build_arch
+from compress.models.artifacts import TorchModel
+from compress.models.builders import register_builder
+from compress.models.load import load_model
 
 ARCHS = TEXT + VISION + ("user-residual",)
 PASSES = ("distill", "prune_structured", "prune_heads", "factorize", "export_onnx", "quantize_ort")
@@ -79,7 +80,7 @@ def make_model(arch: str, tmp: Path) -> TorchModel:
 
 def examples(model: TorchModel):
     """Twelve labelled sentences for text models, 64 digits for vision ones."""
-    from compress.data import Examples, load_examples
+    from compress.data.examples import Examples, load_examples
 
     if model.takes_tokens:
         texts = ["good movie", "bad plot", "great acting", "awful script", "loved it", "hated it",
@@ -89,8 +90,8 @@ def examples(model: TorchModel):
 
 
 def logits(model, data) -> np.ndarray:
-    from compress.data import iter_batches
-    from compress.inference import predict
+    from compress.data.examples import iter_batches
+    from compress.runtime.predict import predict
 
     return predict(model, iter_batches(model, data, 16))[0]
 
@@ -136,7 +137,8 @@ def _pass(name: str, model, tmp: Path, teacher=None, train=None, **options):
 
 
 def cell_distill(arch: str, model: TorchModel, data, tmp: Path) -> str:
-    from compress.distillation import derive_student, fingerprint
+    from compress.techniques.distill.student import derive_student
+    from compress.techniques.distill.teacher import fingerprint
 
     before = fingerprint(model)
     if arch in TEXT or arch == "vit":

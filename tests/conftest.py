@@ -25,14 +25,14 @@ def shared_data() -> Path:
 
 @pytest.fixture
 def tiny_bert():
-    from compress.models import build_tiny
+    from compress.models.builders import build_tiny
 
     return build_tiny("bert")
 
 
 @pytest.fixture
 def tiny_cnn():
-    from compress.models import build_tiny
+    from compress.models.builders import build_tiny
 
     return build_tiny("cnn")
 
@@ -42,7 +42,7 @@ def text_examples():
     """Twelve short labelled sentences (real text, tiny)."""
     import numpy as np
 
-    from compress.data import Examples
+    from compress.data.examples import Examples
 
     texts = ["good movie", "bad plot", "great acting", "awful script", "loved it", "hated it",
              "a fine film", "a dull mess", "wonderful", "terrible", "nice", "boring"]
@@ -51,7 +51,7 @@ def text_examples():
 
 @pytest.fixture
 def digits_examples():
-    from compress.data import load_examples
+    from compress.data.examples import load_examples
 
     return load_examples("builtin:digits", split="test", limit=64)
 
@@ -72,7 +72,7 @@ def cli():
     """Invoke the real CLI in-process: cli(["export", ...]) -> click Result."""
     from typer.testing import CliRunner
 
-    from compress.cli import app
+    from compress.cli.app import app
 
     runner = CliRunner()
     return lambda args: runner.invoke(app, [str(a) for a in args])

@@ -10,14 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from compress.errors import CompressError
+from compress.core.errors import CompressError
 
 RTE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "rte"
 
 
 @pytest.fixture(scope="module")
 def llama():
-    from compress.models import load_model
+    from compress.models.load import load_model
 
     return load_model("tiny:llama")
 
@@ -31,8 +31,8 @@ def llama_onnx(llama, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def blocks(llama):
-    from compress.data import sample_texts
-    from compress.text_data import pack_blocks
+    from compress.data.causal import pack_blocks
+    from compress.data.examples import sample_texts
 
     return pack_blocks(llama.tokenizer, sample_texts() * 6, 32, max_blocks=6)
 
@@ -40,7 +40,7 @@ def blocks(llama):
 def test_tiny_decoders_are_seeded_and_gqa(llama):
     import torch
 
-    from compress.models import load_model
+    from compress.models.load import load_model
 
     again = load_model("tiny:llama")
     assert llama.task == "text-generation" and again.task == "text-generation"
@@ -52,7 +52,7 @@ def test_tiny_decoders_are_seeded_and_gqa(llama):
 
 
 def test_pack_blocks_keeps_every_token(llama):
-    from compress.text_data import pack_blocks
+    from compress.data.causal import pack_blocks
 
     texts = ["one two three", "four five", "six"]
     ids = [t for text in texts for t in llama.tokenizer(text, add_special_tokens=False)["input_ids"] + [0]]
@@ -64,7 +64,7 @@ def test_pack_blocks_keeps_every_token(llama):
 
 
 def test_hash_split_is_deterministic_disjoint_and_order_free(tmp_path):
-    from compress.text_data import TextSource, load_texts
+    from compress.data.causal import TextSource, load_texts
 
     rows = [{"text": f"sentence number {i} about something"} for i in range(200)]
     path = tmp_path / "t.jsonl"
@@ -77,7 +77,7 @@ def test_hash_split_is_deterministic_disjoint_and_order_free(tmp_path):
 
 
 def test_txt_files_and_empty_text(tmp_path):
-    from compress.text_data import TextSource, load_texts
+    from compress.data.causal import TextSource, load_texts
 
     txt = tmp_path / "a.txt"
     txt.write_text("First paragraph\nwraps here.\n\nSecond one.\n")
@@ -90,7 +90,7 @@ def test_txt_files_and_empty_text(tmp_path):
 @pytest.mark.parametrize("backend", ["torch", "onnx"])
 def test_kv_cache_decode_matches_full_forward(backend, llama, llama_onnx, blocks):
     """Logits computed token by token with the cache equal one full forward pass (the cache is right)."""
-    from compress.causal import CausalRunner
+    from compress.runtime.causal import CausalRunner
 
     run = CausalRunner(llama if backend == "torch" else llama_onnx.model)
     ids = blocks[:2, :12]
@@ -106,7 +106,7 @@ def test_kv_cache_decode_matches_full_forward(backend, llama, llama_onnx, blocks
 
 
 def test_left_padding_does_not_change_greedy(llama):
-    from compress.causal import CausalRunner, left_pad
+    from compress.runtime.causal import CausalRunner, left_pad
 
     run = CausalRunner(llama)
     short, long = [5, 6, 7], [9, 10, 11, 12, 13]
@@ -119,8 +119,8 @@ def test_left_padding_does_not_change_greedy(llama):
 def test_perplexity_against_hand_computation(llama, blocks):
     import torch
 
-    from compress.evaluation.perplexity import evaluate_causal
-    from compress.text_data import prompt_ids
+    from compress.data.causal import prompt_ids
+    from compress.evaluation.causal import evaluate_causal
 
     m = evaluate_causal(llama, blocks, reference=llama, prompts=prompt_ids(llama.tokenizer)[:2], max_new_tokens=5)
     with torch.no_grad():
@@ -134,7 +134,7 @@ def test_perplexity_against_hand_computation(llama, blocks):
 
 
 def test_common_prefix():
-    from compress.evaluation.perplexity import common_prefix
+    from compress.evaluation.causal import common_prefix
 
     a = np.array([[1, 2, 3], [1, 2, 3], [4, 5, 6]])
     b = np.array([[1, 2, 3], [1, 9, 3], [0, 5, 6]])
@@ -144,7 +144,7 @@ def test_common_prefix():
 def test_export_parity_and_optimum_generate(llama, llama_onnx):
     from optimum.onnxruntime import ORTModelForCausalLM
 
-    from compress.causal import CausalRunner
+    from compress.runtime.causal import CausalRunner
 
     p = llama_onnx.parity
     assert p.max_abs_diff < 1e-4 and p.greedy_identical == p.greedy_prompts == 8 and p.greedy_new_tokens == 32
@@ -161,7 +161,7 @@ def test_export_parity_and_optimum_generate(llama, llama_onnx):
 @pytest.mark.parametrize("name", ["tiny:gpt2"])
 def test_gpt2_exports_too(name, tmp_path):
     from compress.export.causal import export_causal
-    from compress.models import load_model
+    from compress.models.load import load_model
 
     result = export_causal(load_model(name), tmp_path / "g")
     assert result.parity.ok(1e-4)
@@ -177,13 +177,13 @@ def test_export_over_tolerance_fails_with_numbers(llama, tmp_path):
 
 def _quantize(model, out, **kw):
     from compress.passes.quantize import QuantizeOrtConfig
-    from compress.quantization_causal import quantize_causal
+    from compress.techniques.quantize.causal import quantize_causal
 
     return quantize_causal(model, out, QuantizeOrtConfig(**kw))
 
 
 def _kl(model, reference, blocks) -> float:
-    from compress.evaluation.perplexity import evaluate_causal
+    from compress.evaluation.causal import evaluate_causal
 
     return evaluate_causal(model, blocks, reference=reference)["kl"]
 
@@ -219,7 +219,7 @@ def test_head_fp32_and_block_128(llama_onnx, tmp_path):
 
 
 def test_budget_search_keeps_sensitive_units_fp32(llama_onnx, tmp_path):
-    from compress.data import sample_texts
+    from compress.data.examples import sample_texts
 
     r = _quantize_with_texts(llama_onnx.model, tmp_path / "q2", sample_texts() * 6)
     m = r.metrics
@@ -231,7 +231,7 @@ def test_budget_search_keeps_sensitive_units_fp32(llama_onnx, tmp_path):
 
 def _quantize_with_texts(model, out, texts):
     from compress.passes.quantize import QuantizeOrtConfig
-    from compress.quantization_causal import quantize_causal
+    from compress.techniques.quantize.causal import quantize_causal
 
     cfg = QuantizeOrtConfig(mode="int4", max_drop=0.0, budget_metric="kl", block_tokens=32, eval_samples=4,
                             max_excluded_units=2)
@@ -244,7 +244,7 @@ def test_max_drop_needs_text(llama_onnx, tmp_path):
 
 
 def test_bench_rows_for_decoders(llama_onnx):
-    from compress.evaluation.latency import BenchSpec, bench
+    from compress.evaluation.latency.bench import BenchSpec, bench
 
     spec = BenchSpec(batch_sizes=[1, 2], seq_lens=[8], threads=1, rounds=1, iters=1, warmup=0, isolate=False,
                      new_tokens=3, causal_iters_per_round=2, causal_warmup=0)
@@ -321,9 +321,9 @@ def test_recipe_pipeline_and_report(tmp_path, monkeypatch):
 
 
 def test_interrupted_budget_search_leaves_the_best_model_so_far(llama_onnx, tmp_path, monkeypatch):
-    from compress import quantization_causal as qc
-    from compress.data import sample_texts
-    from compress.models import load_model
+    from compress.data.examples import sample_texts
+    from compress.models.load import load_model
+    from compress.techniques.quantize import causal as qc
 
     real, calls = qc._Scorer.__call__, {"n": 0}
 

@@ -10,20 +10,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from compress.errors import CompressError
+from compress.core.errors import CompressError
 
 
 @pytest.fixture(scope="module")
 def llama():
-    from compress.models import load_model
+    from compress.models.load import load_model
 
     return load_model("tiny:llama")
 
 
 @pytest.fixture(scope="module")
 def blocks(llama):
-    from compress.data import sample_texts
-    from compress.text_data import pack_blocks
+    from compress.data.causal import pack_blocks
+    from compress.data.examples import sample_texts
 
     return pack_blocks(llama.tokenizer, sample_texts() * 6, 32, max_blocks=6)
 
@@ -40,7 +40,7 @@ def _log_softmax(x):
 def test_token_kd_loss_matches_a_hand_computation(temperature, alpha):
     import torch
 
-    from compress.causal_distillation import token_kd_loss
+    from compress.techniques.distill.causal import token_kd_loss
 
     rng = np.random.default_rng(0)
     s, t = rng.normal(size=(2, 5, 7)) * 2, rng.normal(size=(2, 5, 7)) * 2
@@ -65,7 +65,7 @@ def test_token_kd_loss_matches_a_hand_computation(temperature, alpha):
 def test_topk_kl_is_exact_with_the_whole_vocabulary_and_a_lower_bound_with_less():
     import torch
 
-    from compress.causal_distillation import token_kd_loss, topk_kd_loss
+    from compress.techniques.distill.causal import token_kd_loss, topk_kd_loss
 
     rng = np.random.default_rng(1)
     s, t = torch.tensor(rng.normal(size=(2, 4, 50))), torch.tensor(rng.normal(size=(2, 4, 50)) * 3)
@@ -83,7 +83,7 @@ def test_topk_kl_is_exact_with_the_whole_vocabulary_and_a_lower_bound_with_less(
 def test_shift_counts_only_real_next_tokens():
     import torch
 
-    from compress.causal_distillation import shift_for_next_token
+    from compress.techniques.distill.causal import shift_for_next_token
 
     logits = torch.zeros(1, 4, 3)
     _, targets, mask = shift_for_next_token(logits, torch.tensor([[5, 6, 7, 0]]), torch.tensor([[1, 1, 1, 0]]))
@@ -99,8 +99,8 @@ def test_shift_counts_only_real_next_tokens():
 def test_pruning_nothing_is_an_exact_no_op(llama, blocks, unit, kwargs):
     import torch
 
-    from compress.decoder_pruning import prune_decoder
-    from compress.pruning import copy_model
+    from compress.models.artifacts import copy_model
+    from compress.techniques.prune.causal import prune_decoder
 
     pruned = copy_model(llama)
     prune_decoder(pruned, unit, blocks, **kwargs)
@@ -113,7 +113,7 @@ def test_pruning_nothing_is_an_exact_no_op(llama, blocks, unit, kwargs):
 
 
 def test_scores_rank_layers_and_units(llama, blocks):
-    from compress.decoder_pruning import calibration_scores
+    from compress.techniques.prune.causal import calibration_scores
 
     scores = calibration_scores(llama, blocks)
     config = llama.module.config
@@ -128,10 +128,10 @@ def test_pruned_gqa_llama_reloads_and_exports_with_parity(llama, blocks, tmp_pat
     the KV cache passes its parity check (logits and greedy tokens)."""
     import torch
 
-    from compress.decoder_pruning import prune_decoder
     from compress.export.causal import export_causal
-    from compress.models import load_model
-    from compress.pruning import copy_model
+    from compress.models.artifacts import copy_model
+    from compress.models.load import load_model
+    from compress.techniques.prune.causal import prune_decoder
 
     pruned = copy_model(llama)
     config = llama.module.config
@@ -160,8 +160,8 @@ def test_pruned_gqa_llama_reloads_and_exports_with_parity(llama, blocks, tmp_pat
 def test_greedy_depth_drops_the_layer_that_costs_nothing(llama, blocks):
     import torch
 
-    from compress.decoder_pruning import greedy_layers, prune_decoder
-    from compress.pruning import copy_model
+    from compress.models.artifacts import copy_model
+    from compress.techniques.prune.causal import greedy_layers, prune_decoder
 
     # arrange: layer 0 writes nothing to the residual stream, so dropping it changes no output; layer 1's writes
     # are scaled up (at init every layer is near-identity) and the text is the model's own greedy continuation,
@@ -191,7 +191,7 @@ def test_greedy_depth_drops_the_layer_that_costs_nothing(llama, blocks):
 
 
 def test_depth_keeps_the_most_influential_layers():
-    from compress.decoder_pruning import layers_to_keep
+    from compress.techniques.prune.causal import layers_to_keep
 
     assert layers_to_keep(np.array([0.9, 0.1, 0.5, 0.2]), 4, 2, "importance") == [0, 2]
     assert layers_to_keep(None, 6, 3, "even") == [1, 3, 5]
@@ -201,12 +201,12 @@ def test_depth_keeps_the_most_influential_layers():
 
 def test_recovery_by_kd_lowers_heldout_perplexity(llama, tmp_path):
     """A real (short) recovery: the depth-pruned tiny Llama trained by token-level KD from the unpruned one."""
-    from compress.causal_distillation import run_causal_distillation
-    from compress.data import sample_texts
-    from compress.decoder_pruning import prune_decoder
-    from compress.distillation import DistillSettings
-    from compress.pruning import copy_model
-    from compress.text_data import pack_blocks
+    from compress.data.causal import pack_blocks
+    from compress.data.examples import sample_texts
+    from compress.models.artifacts import copy_model
+    from compress.techniques.distill.causal import run_causal_distillation
+    from compress.techniques.distill.config import DistillSettings
+    from compress.techniques.prune.causal import prune_decoder
 
     texts = sample_texts() * 20
     student = copy_model(llama)
@@ -222,9 +222,9 @@ def test_recovery_by_kd_lowers_heldout_perplexity(llama, tmp_path):
 
 
 def test_mismatched_tokenizers_are_refused(llama, tmp_path):
-    from compress.causal_distillation import run_causal_distillation
-    from compress.distillation import DistillSettings
-    from compress.pruning import copy_model
+    from compress.models.artifacts import copy_model
+    from compress.techniques.distill.causal import run_causal_distillation
+    from compress.techniques.distill.config import DistillSettings
 
     student = copy_model(llama)
     student.tokenizer = copy.deepcopy(llama.tokenizer)
@@ -244,7 +244,7 @@ def test_mismatched_tokenizers_are_refused(llama, tmp_path):
     (["distill", "tiny:llama", "{tmp}/other-tokenizer", "-o", "{tmp}/s", "--data", "{txt}"], "different tokenizers"),
 ])
 def test_bad_decoder_input_is_one_line(cli, tmp_path, llama, args, message):
-    from compress.pruning import copy_model
+    from compress.models.artifacts import copy_model
 
     other = copy_model(llama)
     other.tokenizer = copy.deepcopy(llama.tokenizer)
@@ -275,7 +275,7 @@ def test_cli_prunes_and_distills_a_decoder(cli, tmp_path):
     assert r.exit_code == 0, r.output
     metrics = json.loads((tmp_path / "s" / "metrics.json").read_text())
     assert metrics["steps"] == 2 and metrics["objective"] == "kd"
-    from compress.models import load_model
+    from compress.models.load import load_model
 
     assert load_model(str(tmp_path / "s")).module.config.num_hidden_layers == 1
 

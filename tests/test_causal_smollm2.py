@@ -20,15 +20,15 @@ RTE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "rte"
 def smollm2():
     import torch
 
-    from compress.models import load_model
+    from compress.models.load import load_model
 
     torch.set_num_threads(2)
     return load_model("smollm2")
 
 
 def test_loads_offline_as_llama_and_knows_paris(smollm2):
-    from compress.causal import CausalRunner
-    from compress.decoders import smollm2_path
+    from compress.models.packaged import smollm2_path
+    from compress.runtime.causal import CausalRunner
 
     config = smollm2.module.config
     assert type(smollm2.module).__name__ == "LlamaForCausalLM" and smollm2.task == "text-generation"
@@ -64,14 +64,14 @@ def test_pruned_smollm2_reloads_recovers_and_exports(smollm2, tmp_path):
     lower held-out perplexity, and the folder rebuilds from its config and exports with parity."""
     import torch
 
-    from compress.causal_distillation import causal_texts, run_causal_distillation
-    from compress.data import DataSpec, load_examples
-    from compress.decoder_pruning import prune_decoder
-    from compress.distillation import DistillSettings
+    from compress.data.causal import causal_texts, pack_blocks
+    from compress.data.examples import DataSpec, load_examples
     from compress.export.causal import export_causal
-    from compress.models import load_model
-    from compress.pruning import copy_model
-    from compress.text_data import pack_blocks
+    from compress.models.artifacts import copy_model
+    from compress.models.load import load_model
+    from compress.techniques.distill.causal import run_causal_distillation
+    from compress.techniques.distill.config import DistillSettings
+    from compress.techniques.prune.causal import prune_decoder
 
     train = causal_texts(load_examples(DataSpec(source=str(RTE), split="train", part="train", limit=300)))
     heldout = causal_texts(load_examples(DataSpec(source=str(RTE), split="train", part="heldout", limit=100)))

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from compress.models import load_model
+from compress.models.load import load_model
 
 
 def test_prune_unstructured_writes_a_reloadable_folder(cli, tmp_path):

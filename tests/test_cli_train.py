@@ -24,9 +24,9 @@ def _bert_folder(path, layers=2, hidden=32, num_labels=2, extra_token=None):
     """A saved tiny BERT classifier (optionally with another vocabulary)."""
     from transformers import BertConfig, BertForSequenceClassification
 
-    from compress.artifacts import TorchModel
-    from compress.models import _tiny_tokenizer
-    from compress.train import save_trained
+    from compress.models.artifacts import TorchModel
+    from compress.models.builders import _tiny_tokenizer
+    from compress.training.loop import save_trained
 
     torch.manual_seed(0)
     tok = _tiny_tokenizer()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from compress.models import load_model
+from compress.models.load import load_model
 
 
 class EmbeddingBag(nn.Module):

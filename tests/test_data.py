@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from compress.data import DataSpec, iter_batches, load_examples
-from compress.errors import CompressError
+from compress.core.errors import CompressError
+from compress.data.examples import DataSpec, iter_batches, load_examples
 
 
 @pytest.fixture

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from compress.artifacts import OnnxModel, TorchModel
-from compress.errors import CompressError
-from compress.models import build_tiny, load_model
+from compress.core.errors import CompressError
+from compress.models.artifacts import OnnxModel, TorchModel
+from compress.models.builders import build_tiny
+from compress.models.load import load_model
 
 
 def _same_outputs(a: TorchModel, b: TorchModel, batch) -> float:
@@ -26,7 +27,7 @@ def test_tiny_models_are_deterministic(tiny_bert):
 
 @pytest.mark.parametrize("name", ["bert", "cnn"])
 def test_save_and_reload_roundtrip(tmp_path, name, digits_examples):
-    from compress.data import Examples, iter_batches
+    from compress.data.examples import Examples, iter_batches
 
     model = build_tiny(name)
     model.save(tmp_path / "m")
@@ -48,7 +49,7 @@ def test_hf_folder_loads_with_task_inferred(tmp_path, tiny_bert):
 
 
 def test_state_dict_needs_arch_and_loads_with_builder(tmp_path, tiny_cnn, digits_examples):
-    from compress.data import iter_batches
+    from compress.data.examples import iter_batches
 
     path = tmp_path / "cnn.pt"
     torch.save(tiny_cnn.module.state_dict(), path)
@@ -61,7 +62,7 @@ def test_state_dict_needs_arch_and_loads_with_builder(tmp_path, tiny_cnn, digits
     with pytest.raises(CompressError):
         load_model(path, arch="mlp")
     # an mlp state dict loads with the mlp builder
-    from compress.models import build_mlp
+    from compress.models.builders import build_mlp
 
     mlp = build_mlp(num_classes=10)
     torch.save(mlp.state_dict(), path)

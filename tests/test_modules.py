@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from compress.errors import CompressError
-from compress.modules import infer_input_shape, matches, parse_shape, select_modules, swap_module
-from compress.registry import Registry
+from compress.core.errors import CompressError
+from compress.core.registry import Registry
+from compress.models.modules import infer_input_shape, matches, parse_shape, select_modules, swap_module
 
 
 def test_registry_registers_and_names_the_choices():

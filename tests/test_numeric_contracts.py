@@ -33,8 +33,8 @@ CONTRACTS = [
 
 
 def _model(name, tmp_path):
-    from compress.data import load_examples
-    from compress.models import build_tiny
+    from compress.data.examples import load_examples
+    from compress.models.builders import build_tiny
 
     if name == "tiny:cnn":
         return build_tiny("cnn"), load_examples("builtin:digits", split="test", limit=64)

@@ -8,8 +8,8 @@ import json
 import _fake_passes as fake
 import pytest
 
-from compress import pipeline
-from compress.recipe import parse_recipe
+from compress.pipeline import runner as pipeline
+from compress.pipeline.recipe import parse_recipe
 
 
 def recipe(factors=(2.0, 0.5), **extra):
@@ -110,7 +110,7 @@ def test_teacher_stage_is_the_reference(tmp_path):
 def test_missing_data_file_fails_before_running(tmp_path):
     data = recipe().model_dump(by_alias=True)
     data["data"]["source"] = "./no/such/folder"
-    from compress.errors import CompressError
+    from compress.core.errors import CompressError
 
     with pytest.raises(CompressError, match="data.validation"):
         pipeline.check_data(parse_recipe(data))

@@ -8,8 +8,8 @@ import _fake_passes  # noqa: F401  (registers test_scale / test_needs_train)
 import pytest
 import yaml
 
-from compress.errors import CompressError
-from compress.recipe import dump_recipe, load_recipe, parse_recipe, plan
+from compress.core.errors import CompressError
+from compress.pipeline.recipe import dump_recipe, load_recipe, parse_recipe, plan
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "recipes").glob("*.yaml")) + sorted((ROOT / "tests" / "recipes").glob("*.yaml"))

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from _reliability import assert_one_line_error, checksum
 
-from compress.data import check_labels, load_examples
-from compress.errors import CompressError
+from compress.core.errors import CompressError
+from compress.data.examples import check_labels, load_examples
 
 GOOD = {"text": "a good movie", "label": 1}
 

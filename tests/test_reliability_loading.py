@@ -13,7 +13,7 @@ from _reliability import assert_one_line_error, checksum
 @pytest.fixture(scope="module")
 def hf_folder(tmp_path_factory):
     """A Hugging Face folder (config, safetensors, tokenizer) of the tiny BERT."""
-    from compress.models import build_tiny
+    from compress.models.builders import build_tiny
 
     model = build_tiny("bert")
     folder = tmp_path_factory.mktemp("hf") / "bert"
@@ -39,7 +39,7 @@ def broken(tmp_path, hf_folder):
 
     import torch
 
-    from compress.models import build_tiny
+    from compress.models.builders import build_tiny
 
     made = {}
     made["truncated-hf"] = _copy(hf_folder, tmp_path / "truncated-hf")

@@ -8,14 +8,14 @@ import os
 import pytest
 from _reliability import assert_one_line_error, checksum
 
-from compress.errors import CompressError
-from compress.paths import guard_output
+from compress.core.errors import CompressError
+from compress.core.paths import guard_output
 
 
 @pytest.fixture(scope="module")
 def saved_cnn(tmp_path_factory):
     """A model folder saved by compress (safetensors + manifest)."""
-    from compress.models import build_tiny
+    from compress.models.builders import build_tiny
 
     folder = tmp_path_factory.mktemp("models") / "cnn"
     build_tiny("cnn").save(folder)

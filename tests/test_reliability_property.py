@@ -13,9 +13,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from compress.data import check_labels, load_examples
-from compress.errors import CompressError
-from compress.recipe import load_recipe, parse_recipe
+from compress.core.errors import CompressError
+from compress.data.examples import check_labels, load_examples
+from compress.pipeline.recipe import load_recipe, parse_recipe
 
 # 60 examples keep `make test` fast; COMPRESS_HYPOTHESIS_EXAMPLES=1000 searches harder. No example database:
 # nothing is written into the checkout.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from _reliability import assert_one_line_error, checksum
 
-from compress.recipe import MAX_YAML_ALIASES, load_recipe
+from compress.pipeline.recipe import MAX_YAML_ALIASES, load_recipe
 
 
 def _laughs(levels: int) -> str:

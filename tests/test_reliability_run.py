@@ -13,8 +13,8 @@ import time
 import pytest
 from _reliability import assert_one_line_error, compress, popen
 
-from compress.errors import CompressError
-from compress.paths import RunLock
+from compress.core.errors import CompressError
+from compress.core.paths import RunLock
 
 RECIPE = """\
 # A plain MLP fine-tuned on digits for many small steps, checkpointed every 10: long enough to be killed mid-way.

@@ -13,8 +13,8 @@ import sys
 import pytest
 import yaml
 
-from compress.errors import CompressError
-from compress.recipe import apply_settings, expand_space, load_recipe, parse_recipe, space_size
+from compress.core.errors import CompressError
+from compress.pipeline.recipe import apply_settings, expand_space, load_recipe, parse_recipe, space_size
 
 # A config-built CNN on 128 digits: channel pruning (with a tiny recovery) then ONNX. Sparsity 0.9 costs about
 # 6 pt of validation accuracy, 0.25 and 0.5 cost none: a 3 pt budget separates them.
@@ -85,7 +85,7 @@ def test_settings_reach_the_pass_and_a_skipped_stage_hands_over_its_input():
 
 
 def test_trial_recipe_scores_validation_only_and_keeps_the_candidates_stages():
-    from compress.search import trial_recipe
+    from compress.pipeline.search import trial_recipe
 
     recipe = parse_recipe(tiny(fidelity={"validation_limit": 16, "overrides": {"prune.recover.max_steps": 2}}))
     full = trial_recipe(recipe, {"prune.sparsity": 0.5})
@@ -163,8 +163,8 @@ def test_dry_run_prints_the_space(cli, tmp_path):
 
 def _check_best(folder, study_rows: list[dict]) -> dict:
     """best/ holds a loadable model that meets the budget and is the best feasible trial so far."""
-    from compress.models import load_model
-    from compress.search import read_best
+    from compress.models.load import load_model
+    from compress.pipeline.search import read_best
 
     best = read_best(folder)
     assert best is not None
@@ -178,7 +178,7 @@ def _check_best(folder, study_rows: list[dict]) -> dict:
 def test_killed_search_resumes_without_repeating_finished_trials(tmp_path, monkeypatch, one_thread):
     from optuna.trial import TrialState
 
-    from compress import search as lib
+    from compress.pipeline import search as lib
 
     # setup: the third trial is interrupted (Ctrl-C) in the middle
     recipe = parse_recipe(tiny())
@@ -220,7 +220,7 @@ def test_killed_search_resumes_without_repeating_finished_trials(tmp_path, monke
 def test_a_trial_of_a_killed_process_is_requeued(tmp_path):
     from optuna.trial import TrialState
 
-    from compress import search as lib
+    from compress.pipeline import search as lib
 
     # setup: a RUNNING trial whose process is gone (kill -9)
     recipe = parse_recipe(tiny())
@@ -242,19 +242,19 @@ def test_a_trial_of_a_killed_process_is_requeued(tmp_path):
 
 def test_best_always_meets_the_budget_and_the_test_split_is_read_only_after_the_choice(tmp_path, monkeypatch,
                                                                                       one_thread):
-    import compress.data
-    from compress import search as lib
+    import compress.data.examples
+    from compress.pipeline import search as lib
     from compress.report.search import write as write_report
 
     # setup: every data read is recorded with the phase it happened in
     recipe = parse_recipe(tiny(trials=4, fidelity={"validation_limit": 32, "slack": 1.0}, objective="latency"))
-    real_load, reads, phase = compress.data.load_examples, [], {"now": "selection"}
+    real_load, reads, phase = compress.data.examples.load_examples, [], {"now": "selection"}
 
     def spy(spec, *args, **kwargs):
         reads.append((phase["now"], getattr(spec, "split", kwargs.get("split"))))
         return real_load(spec, *args, **kwargs)
 
-    monkeypatch.setattr(compress.data, "load_examples", spy)
+    monkeypatch.setattr(compress.data.examples, "load_examples", spy)
     folder = lib.search_dir(recipe, tmp_path)
     seen = []
 
@@ -293,7 +293,7 @@ def test_best_always_meets_the_budget_and_the_test_split_is_read_only_after_the_
 
 
 def test_changed_space_refuses_the_old_study(tmp_path):
-    from compress import search as lib
+    from compress.pipeline import search as lib
 
     lib.open_study(parse_recipe(tiny()), tmp_path)
     lib.open_study(parse_recipe(tiny(trials=9)), tmp_path)  # a bigger budget continues the same study
@@ -312,7 +312,8 @@ def test_pareto_front():
 
 
 def test_worker_env_per_backend_and_policy(tmp_path):
-    from compress.evaluation.latency import backend_of, policy_record, worker_env
+    from compress.evaluation.latency.environment import policy_record
+    from compress.evaluation.latency.workers import backend_of, worker_env
 
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "model.onnx").write_bytes(b"")
@@ -326,7 +327,7 @@ def test_worker_env_per_backend_and_policy(tmp_path):
 
 
 def test_isolated_worker_does_not_inherit_the_parents_policy(tiny_cnn, tmp_path, monkeypatch):
-    from compress.evaluation.latency import BenchSpec, bench
+    from compress.evaluation.latency.bench import BenchSpec, bench
 
     # setup: training runs with PASSIVE (compress run's default); the bench must not pass it on
     monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
@@ -341,7 +342,7 @@ def test_isolated_worker_does_not_inherit_the_parents_policy(tiny_cnn, tmp_path,
 
 
 def test_idle_workers_are_waited_for_until_they_sleep(monkeypatch):
-    from compress.evaluation import latency
+    from compress.evaluation.latency import workers as latency
 
     # setup: an idle worker whose threads spin for three more polls, then sleep
     class Spinning:
@@ -362,8 +363,8 @@ def test_idle_workers_are_waited_for_until_they_sleep(monkeypatch):
 
 
 def test_a_trial_waits_while_another_terminal_holds_the_run_folder(monkeypatch):
-    from compress import pipeline
-    from compress import search as lib
+    from compress.pipeline import runner as pipeline
+    from compress.pipeline import search as lib
 
     calls = []
 
@@ -413,7 +414,7 @@ def test_causal_search_needs_a_perplexity_budget(shared_data):
 def test_causal_search_with_a_perplexity_budget(shared_data, tmp_path, one_thread):
     from pathlib import Path
 
-    from compress import search as lib
+    from compress.pipeline import search as lib
     from compress.report.search import write as write_report
 
     # setup: the tiny Llama recipe (ONNX with the KV cache, int4) with a perplexity budget

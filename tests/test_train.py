@@ -16,20 +16,20 @@ import pytest
 import torch
 
 from compress.passes.finetune import FinetuneConfig, run_finetune
-from compress.train import CHECKPOINT_FILE, batch_plan, save_trained
+from compress.training.loop import CHECKPOINT_FILE, batch_plan, save_trained
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
 def digits():
-    from compress.data import load_examples
+    from compress.data.examples import load_examples
 
     return load_examples("builtin:digits", split="train", limit=192)
 
 
 def _mlp():
-    from compress.models import build_tiny
+    from compress.models.builders import build_tiny
 
     return build_tiny("mlp")  # seeded: the same weights every call
 
@@ -109,7 +109,7 @@ def test_resume_continues_from_the_saved_step(tmp_path, digits):
 
 
 def test_resume_refuses_other_settings(tmp_path, digits):
-    from compress.errors import CompressError
+    from compress.core.errors import CompressError
 
     cfg = FinetuneConfig(max_steps=4, batch_size=16, checkpoint_every=2)
     with pytest.raises(KeyboardInterrupt):
@@ -145,7 +145,7 @@ def test_save_trained_hf_folder_loads_with_from_pretrained(tmp_path, tiny_bert):
     # setup
     from transformers import AutoModelForSequenceClassification
 
-    from compress.models import load_model
+    from compress.models.load import load_model
 
     # execute
     out = save_trained(tiny_bert, tmp_path / "m", {"accuracy": [0.5]})
@@ -162,7 +162,7 @@ def test_save_trained_hf_folder_loads_with_from_pretrained(tmp_path, tiny_bert):
 
 
 def test_save_trained_plain_module_writes_a_state_dict(tmp_path):
-    from compress.models import load_model
+    from compress.models.load import load_model
 
     mlp = _mlp()
     out = save_trained(mlp, tmp_path / "mlp", {})
@@ -175,10 +175,11 @@ def test_save_trained_plain_module_writes_a_state_dict(tmp_path):
 SCRIPT = textwrap.dedent("""
     import json, sys, torch
     from pathlib import Path
-    from compress.data import load_examples
-    from compress.models import build_tiny
-    from compress.passes.distill import DistillConfig, run_distillation
-    from compress.train import process_state
+    from compress.data.examples import load_examples
+    from compress.models.builders import build_tiny
+    from compress.passes.distill import DistillConfig
+    from compress.techniques.distill.run import run_distillation
+    from compress.training.loop import process_state
 
     torch.set_num_threads(1)
     out = Path(sys.argv[1])
@@ -235,9 +236,9 @@ def test_mixed_precision_on_gpu(tmp_path, tiny_bert, text_examples):
 
 def test_teacher_logits_in_length_order_match_the_natural_order(tmp_path, tiny_bert, text_examples):
     # setup: the cache runs the teacher shortest-first (less padding) and must put each row back in place
-    from compress import inference
-    from compress.data import iter_batches, text_lengths
-    from compress.distillation import teacher_logits
+    from compress.data.examples import iter_batches, text_lengths
+    from compress.runtime import predict as inference
+    from compress.techniques.distill.teacher import teacher_logits
 
     # execute
     cached = teacher_logits(tiny_bert, text_examples, 32, tmp_path, batch_size=4)

@@ -45,7 +45,7 @@ class _Group(TyperGroup):
     """Turns `CompressError` (bad input) into one line on stderr and exit code 2, with no traceback."""
 
     def invoke(self, ctx):
-        from compress.errors import CompressError
+        from compress.core.errors import CompressError
 
         try:
             return super().invoke(ctx)
@@ -104,15 +104,15 @@ ProgressOpt = Annotated[bool, typer.Option(help="Show the progress bar.")]
 
 def load_model_from_options(model: str, task=None, num_labels=None, arch=None, allow_pickle=False,
                             trust_remote_code=False, input_shape: str | None = None):
-    """`compress.models.load_model` with the CLI's option names. For a user's pickled or TorchScript module, or
+    """`compress.models.load.load_model` with the CLI's option names. For a user's pickled or TorchScript module, or
     with `--input-shape`, prints the input shape the export will use and where it came from."""
-    from compress.models import load_model
+    from compress.models.load import load_model
 
     loaded = load_model(model, task=task, num_labels=num_labels, arch=arch, allow_pickle=allow_pickle,
                         trust_remote_code=trust_remote_code)
     # A user's own module (pickled or TorchScript, or given a shape) has no config saying what it takes: say it.
     if loaded.kind == "torch" and not loaded.takes_tokens and (input_shape or loaded.builder in ("pickled", "torchscript")):
-        from compress.modules import parse_shape
+        from compress.models.modules import parse_shape
 
         if input_shape:
             loaded.input_shape = parse_shape(input_shape)
@@ -123,7 +123,7 @@ def load_model_from_options(model: str, task=None, num_labels=None, arch=None, a
 
 def data_spec(data, split=None, text_field="text", text_pair_field=None, label_field="label", limit=None):
     """A `DataSpec` from the CLI's data options."""
-    from compress.data import DataSpec
+    from compress.data.examples import DataSpec
 
     return DataSpec(source=data, split=split, text_field=text_field, text_pair_field=text_pair_field,
                     label_field=label_field, limit=limit)

@@ -30,12 +30,12 @@ def bench(
     from rich.progress import Progress
     from rich.table import Table
 
-    from compress.errors import CompressError
-    from compress.evaluation.latency import BenchSpec
-    from compress.evaluation.latency import bench as run_bench
+    from compress.core.errors import CompressError
+    from compress.evaluation.latency.bench import BenchSpec
+    from compress.evaluation.latency.bench import bench as run_bench
 
     if json_out is not None:
-        from compress.paths import guard_output
+        from compress.core.paths import guard_output
 
         guard_output(json_out, models, kind="file", what="--json")
     bad = [d for d in device if d not in ("cpu", "cuda")]

@@ -48,18 +48,18 @@ def evaluate(
     """Score MODEL (PyTorch or ONNX, one scoring path) on labelled data."""
     from rich.table import Table
 
-    from compress.data import load_examples
-    from compress.errors import CompressError
+    from compress.core.errors import CompressError
+    from compress.data.examples import load_examples
     from compress.evaluation.accuracy import evaluate as run_eval
 
     if not data:
         raise CompressError("no evaluation data", "pass --data (e.g. ../shared/data/sst2 --split dev)")
     if json_out is not None:
-        from compress.paths import guard_output
+        from compress.core.paths import guard_output
 
         guard_output(json_out, [model, data, reference, arch], kind="file", what="--json")
     loaded = load_model_from_options(model, task, num_labels, arch, allow_pickle, trust_remote_code)
-    from compress.causal import is_causal
+    from compress.models.causal import is_causal
 
     if is_causal(loaded):
         ref = load_model_from_options(reference, None, None, None, allow_pickle, trust_remote_code) if reference else None
@@ -88,11 +88,11 @@ def _causal(loaded, ref, model, data, split, text_field, part, block_size, max_b
     from rich.progress import Progress
     from rich.table import Table
 
-    from compress.evaluation.perplexity import evaluate_causal
-    from compress.text_data import TextSource, prompt_ids, text_blocks
+    from compress.data.causal import TextSource, prompt_ids, text_blocks
+    from compress.evaluation.causal import evaluate_causal
 
     if ref is not None and ref.task != loaded.task:
-        from compress.errors import CompressError
+        from compress.core.errors import CompressError
 
         raise CompressError(f"the reference is a {ref.task} model, not a causal LM", "pass the causal teacher as --reference")
     blocks = text_blocks(TextSource(data, split=split, text_field=text_field, part=part), loaded.tokenizer,

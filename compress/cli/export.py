@@ -44,13 +44,13 @@ def export(
     input_shape: InputShapeOpt = None,
 ) -> None:
     """Export MODEL to ONNX with dynamic batch/sequence axes; fail with the numbers if outputs differ from PyTorch."""
-    from compress.data import iter_batches, load_examples
+    from compress.core.paths import guard_output
+    from compress.data.examples import iter_batches, load_examples
     from compress.export.onnx import export_onnx
-    from compress.paths import guard_output
 
     guard_output(output, [model, data, arch])
     loaded = load_model_from_options(model, task, num_labels, arch, allow_pickle, trust_remote_code, input_shape)
-    from compress.causal import is_causal
+    from compress.models.causal import is_causal
 
     if is_causal(loaded):
         return _causal(loaded, output, data, split, text_field, limit, opset, atol)
@@ -74,7 +74,7 @@ def _causal(loaded, output, data, split, text_field, limit, opset, atol) -> None
 
     texts = None
     if data:
-        from compress.text_data import TextSource, load_texts
+        from compress.data.causal import TextSource, load_texts
 
         texts = load_texts(TextSource(data, split=split, text_field=text_field))[: limit or None]
     with console.status("exporting with the KV cache, then checking logits and greedy decoding against PyTorch"):

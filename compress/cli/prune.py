@@ -64,7 +64,7 @@ def prune(
 
     if sparsity is None:
         if not depth:
-            from compress.errors import CompressError
+            from compress.core.errors import CompressError
 
             raise CompressError("no --sparsity given", "pass --sparsity 0.5 (or --structured layers --depth K)")
         sparsity = 0.0
@@ -129,7 +129,7 @@ def _config(cls, **kwargs):
     """Build a pass config; a pydantic error becomes one CompressError line (exit 2)."""
     from pydantic import ValidationError
 
-    from compress.errors import CompressError
+    from compress.core.errors import CompressError
 
     try:
         return cls(**kwargs)
@@ -140,8 +140,8 @@ def _config(cls, **kwargs):
 
 
 def _recover(on: bool, data, epochs, max_steps, lr, batch_size, max_length):
-    from compress.errors import CompressError
-    from compress.pruning import RecoverConfig
+    from compress.core.errors import CompressError
+    from compress.techniques.distill.recover import RecoverConfig
 
     if not on:
         return None
@@ -155,14 +155,14 @@ def _run(cfg, model, output: Path, data, split, eval_split, limit, text_field, t
     import json
     import shutil
 
-    from compress.data import load_examples
+    from compress.core.paths import guard_output
+    from compress.data.examples import load_examples
     from compress.passes.base import DataBundle, PassContext, get_pass
-    from compress.paths import guard_output
 
     guard_output(output, [model, data, load_opts[2]])
     loaded = load_model_from_options(model, *load_opts)
     if loaded.kind != "torch":
-        from compress.errors import CompressError
+        from compress.core.errors import CompressError
 
         raise CompressError(f"'{model}' is an ONNX model; {cfg.type} edits PyTorch models", "pass the PyTorch model")
     train = evals = None
@@ -246,4 +246,4 @@ def _summary(m: dict, output: Path) -> None:
         if rec.get("best_eval_accuracy") is not None:
             line += f", best eval accuracy {rec['best_eval_accuracy']:.4f}"
     console.print(line)
-    console.print(f"saved to {output} (reload: compress.models.load_model('{output}'))")
+    console.print(f"saved to {output} (reload: compress.models.load.load_model('{output}'))")

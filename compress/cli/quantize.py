@@ -67,9 +67,9 @@ def quantize(
     """Quantize MODEL (HF folder, .pt + --arch, or .onnx) and save the settings beside it."""
     from pydantic import ValidationError
 
-    from compress.data import load_examples
-    from compress.errors import CompressError
-    from compress.paths import guard_output
+    from compress.core.errors import CompressError
+    from compress.core.paths import guard_output
+    from compress.data.examples import load_examples
 
     inputs = [model, arch, calibration_data, eval_data]
     guard_output(output, inputs)
@@ -92,12 +92,12 @@ def quantize(
     except ValidationError as e:
         err = e.errors()[0]
         raise CompressError(f"--{'-'.join(map(str, err['loc'])).replace('_', '-')}: {err['msg']}", "see compress quantize --help") from None
-    from compress.causal import is_causal
+    from compress.models.causal import is_causal
 
     if is_causal(loaded):
         texts = None
         if eval_data:
-            from compress.text_data import TextSource, load_texts
+            from compress.data.causal import TextSource, load_texts
 
             texts = load_texts(TextSource(eval_data, split=eval_split, text_field=text_field))
         return _causal(loaded, output, cfg, texts, json_out)
@@ -108,7 +108,7 @@ def quantize(
         calibration = load_examples(data_spec(calibration_data, calibration_split, limit=calibration_samples, **fields)
                                     .model_copy(update={"shuffle": True}))
     examples = load_examples(data_spec(eval_data, eval_split, limit=eval_limit, **fields)) if eval_data else None
-    from compress.quantization import check_inputs
+    from compress.techniques.quantize.ort import check_inputs
 
     check_inputs(cfg, calibration, examples)  # before the progress bar: a bad input is one line, nothing else
     result = _run_with_progress(loaded, output, cfg, calibration, examples)
@@ -120,7 +120,7 @@ def quantize(
 def _run_with_progress(loaded, output, cfg, calibration, examples):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from compress.quantization import quantize as run_quantize
+    from compress.techniques.quantize.ort import quantize as run_quantize
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True, disable=not console.is_terminal) as progress:
@@ -184,7 +184,7 @@ def _render(result, output: Path) -> None:
 def _causal(loaded, output: Path, cfg, texts, json_out) -> None:
     from rich.table import Table
 
-    from compress.quantization_causal import quantize_causal
+    from compress.techniques.quantize.causal import quantize_causal
 
     with console.status("quantizing (a causal LM is exported first, with the KV-cache parity check)"):
         result = quantize_causal(loaded, output, cfg, eval_texts=texts)

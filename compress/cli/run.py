@@ -31,17 +31,17 @@ def run(
     # inherit it: `latency.worker_env` gives each the policy its backend's users run with.
     if omp_wait_policy.lower() != "default":
         os.environ.setdefault("OMP_WAIT_POLICY", omp_wait_policy.upper())
-    from compress import pipeline
-    from compress.recipe import load_recipe
+    from compress.pipeline import runner as pipeline
+    from compress.pipeline.recipe import load_recipe
     from compress.report import render
 
     plan = load_recipe(recipe)
     pipeline.check_data(plan)
     if dry_run:
-        console.print(render.plan_table(plan, pipeline.cached_stages(plan, runs)))
+        console.print(plan_table(plan, pipeline.cached_stages(plan, runs)))
         console.print(f"[green]ok[/]: {recipe} is valid; run it with `compress run {recipe}`")
         return
-    from compress.paths import guard_output
+    from compress.core.paths import guard_output
     from compress.report import write
 
     guard_output(output / plan.name, [recipe, *pipeline.recipe_inputs(plan)])
@@ -73,7 +73,7 @@ def report(
     if output is not None:
         import os
 
-        from compress.paths import guard_output
+        from compress.core.paths import guard_output
 
         guard_output(output, dirs, kind="file")
 
@@ -177,3 +177,26 @@ class _Display:
             if "eval" in self.tasks:
                 self.progress.update(self.tasks["eval"], completed=self.progress.tasks[0].total)
             self._bar("bench", "timing (one process per stage, round-robin)", info["total"], info["done"])
+
+
+def plan_table(recipe, cached: dict[str, bool] | None = None):
+    """The dry-run plan, one line per stage (readable at any terminal width):
+    `3. baseline-int8 (baseline) <- teacher: quantize_ort [torch>onnx] needs -; to run`."""
+    from rich.console import Group
+    from rich.text import Text
+
+    from compress.pipeline.recipe import plan as plan_steps
+
+    lines = [Text(f"plan: {recipe.name} (base model {recipe.model}, {len(recipe.stages)} stages)", style="bold")]
+    teacher = recipe.teacher_stage()
+    for i, step in enumerate(plan_steps(recipe)):
+        role = " (teacher)" if step.name == teacher else (" (baseline)" if step.name in recipe.baselines else "")
+        status = "cached" if (cached or {}).get(step.name) else "to run"
+        if not (step.evaluate or step.name == teacher):
+            status += ", not in report"
+        line = Text(f"{i + 1:>2}. ")
+        line.append(step.name + role, style="cyan")
+        line.append(f" <- {step.input}: {step.pass_type} [{step.input_kind}>{step.output_kind}] "
+                    f"needs {','.join(step.needs) or '-'}; {status}")
+        lines.append(line)
+    return Group(*lines)

@@ -27,9 +27,9 @@ def search(
 
     if omp_wait_policy.lower() != "default":  # before torch starts OpenMP; bench workers override it
         os.environ.setdefault("OMP_WAIT_POLICY", omp_wait_policy.upper())
-    from compress import pipeline
-    from compress.errors import CompressError
-    from compress.recipe import expand_space, load_recipe, space_size
+    from compress.core.errors import CompressError
+    from compress.pipeline import runner as pipeline
+    from compress.pipeline.recipe import expand_space, load_recipe, space_size
 
     plan = load_recipe(recipe)
     if plan.search is None:
@@ -39,8 +39,8 @@ def search(
         _print_space(plan, space_size(plan.search), expand_space(plan.search)[:1])
         console.print(f"[green]ok[/]: {recipe} is valid; search it with `compress search {recipe}`")
         return
-    from compress import search as lib
-    from compress.paths import guard_output
+    from compress.core.paths import guard_output
+    from compress.pipeline import search as lib
     from compress.report.search import write
 
     out = output / (plan.name if plan.name.endswith("-search") else f"{plan.name}-search")

@@ -63,8 +63,8 @@ def _train_settings(**options) -> dict:
 
 
 def _load_data(data, split, eval_split, text_field, text_pair_field, label_field, limit, eval_limit):
-    from compress.data import load_examples
-    from compress.errors import CompressError
+    from compress.core.errors import CompressError
+    from compress.data.examples import load_examples
 
     if not data:
         raise CompressError("no training data", "pass --data (e.g. ../shared/data/sst2 --split train)")
@@ -107,8 +107,9 @@ def finetune(
     allow_pickle: AllowPickleOpt = False, trust_remote_code: TrustRemoteCodeOpt = False,
 ) -> None:
     """Fine-tune MODEL on labelled data (cross-entropy, AdamW, warm-up/decay, best epoch kept) into OUTPUT."""
-    from compress.passes.finetune import FinetuneConfig, run_finetune
-    from compress.paths import guard_output
+    from compress.core.paths import guard_output
+    from compress.passes.finetune import FinetuneConfig
+    from compress.training.finetune import run_finetune
 
     guard_output(output, [model, data, arch])
     train, evals = _load_data(data, split, eval_split, text_field, text_pair_field, label_field, limit, eval_limit)
@@ -149,9 +150,11 @@ def distill(
     allow_pickle: AllowPickleOpt = False, trust_remote_code: TrustRemoteCodeOpt = False,
 ) -> None:
     """Distill TEACHER into STUDENT: α·T²·KL(teacher ‖ student) + (1-α)·CE, plus optional hidden/attention losses."""
-    from compress.causal import is_causal
-    from compress.passes.distill import DistillConfig, prepare_student, run_distillation
-    from compress.paths import guard_output
+    from compress.core.paths import guard_output
+    from compress.models.causal import is_causal
+    from compress.passes.distill import DistillConfig
+    from compress.techniques.distill.api import distill as run_distill
+    from compress.techniques.distill.student import prepare_student
 
     guard_output(output, [teacher, student, data])
     if student is not None and student.isdigit():
@@ -159,29 +162,19 @@ def distill(
     train, evals = _load_data(data, split, eval_split, text_field, text_pair_field, label_field, limit, eval_limit)
     t = _torch_only(load_model_from_options(teacher, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code), teacher)
     s = _torch_only(load_model_from_options(student, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code), student) if student else None
+    # Without labels the loss is all KL, except for causal LMs, whose labels are the next tokens.
+    labelled = train.labels is not None or is_causal(t)
     cfg = DistillConfig(**_train_settings(
-        temperature=temperature, alpha=alpha if alpha is not None else (0.5 if train.labels is not None else 1.0),
+        temperature=temperature, alpha=alpha if alpha is not None else (0.5 if labelled else 1.0),
         hidden_weight=hidden_weight, attention_weight=attention_weight, projection=projection,
         layer_map=[int(x) for x in layer_map.split(",")] if layer_map else None, student_layers=student_layers,
         epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
         warmup_ratio=warmup_ratio, grad_clip=grad_clip, max_length=max_length, seed=seed, patience=patience,
-        checkpoint_every=checkpoint_every, resume=resume, mixed_precision=mixed_precision))
+        checkpoint_every=checkpoint_every, resume=resume, mixed_precision=mixed_precision,
+        block_size=block_size, max_blocks=max_blocks, top_k=top_k, teacher_logits=teacher_logits))
     s = prepare_student(t, s, cfg)
-    if is_causal(t):
-        from compress.causal_distillation import causal_texts, run_causal_distillation
-
-        cfg = cfg.model_copy(update={"block_size": block_size, "max_blocks": max_blocks, "top_k": top_k,
-                                     "teacher_logits": teacher_logits,
-                                     "alpha": alpha if alpha is not None else 0.5})
-        DistillConfig.model_validate(cfg.model_dump())  # the updated fields are checked too
-        metrics = run_causal_distillation(s, t, causal_texts(train), cfg, _workdir(output),
-                                          eval_texts=causal_texts(evals) if evals is not None else None,
-                                          progress=progress, cache_dir=cache_dir and cache_dir / "teacher-topk")
-        _finish(s, output, {"command": "distill", "teacher": teacher, "student": student, "config": cfg.model_dump(),
-                            **metrics})
-        return
-    metrics = run_distillation(s, t, train, cfg, _workdir(output), eval_examples=evals, progress=progress,
-                               cache_dir=cache_dir)
+    metrics = run_distill(s, t, train, cfg, _workdir(output), eval_examples=evals, progress=progress,
+                          cache_dir=cache_dir)
     _finish(s, output, {"command": "distill", "teacher": teacher, "student": student, "config": cfg.model_dump(), **metrics})
 
 
@@ -191,8 +184,8 @@ def _default_task(model: str) -> str | None:
 
 
 def _torch_only(loaded, name):
-    from compress.artifacts import TorchModel
-    from compress.errors import CompressError
+    from compress.core.errors import CompressError
+    from compress.models.artifacts import TorchModel
 
     if not isinstance(loaded, TorchModel):
         raise CompressError(f"'{name}' is an ONNX model and cannot be trained", "pass the PyTorch model it came from")
@@ -201,7 +194,7 @@ def _torch_only(loaded, name):
 
 def _finish(model, output: Path, metrics: dict) -> None:
     """Save on the main process only (the others trained the same weights), then render."""
-    from compress.train import process_state, save_trained
+    from compress.training.loop import process_state, save_trained
 
     if process_state().is_main_process:
         save_trained(model, output, metrics)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from compress.errors import CompressError
+from compress.core.errors import CompressError
 
 
 def score(logits: np.ndarray, labels: np.ndarray | None, num_classes: int | None = None) -> dict:
@@ -40,21 +40,21 @@ def evaluate(model, examples, *, reference=None, batch_size: int = 64, max_lengt
 
     Args:
         model: the model to score.
-        examples: `compress.data.Examples`.
+        examples: `compress.data.examples.Examples`.
         reference: another model to compare outputs with (e.g. the teacher).
         batch_size: evaluation batch size.
         max_length: token truncation length for text.
         device: "cpu" or "cuda".
         threads: ONNX Runtime intra-op threads.
     """
-    from compress.data import iter_batches
-    from compress.inference import predict
+    from compress.data.examples import iter_batches
+    from compress.runtime.predict import predict
 
     if len(examples) == 0:
         raise CompressError("the evaluation data is empty", "check --data, --split and --limit")
     logits, labels = predict(model, iter_batches(model, examples, batch_size, max_length), device, threads)
     if model.task != "feature-extraction":
-        from compress.data import check_labels
+        from compress.data.examples import check_labels
 
         check_labels(examples, logits.shape[-1])  # names the file and line of the first label outside the outputs
     metrics = score(logits, labels, examples.num_labels)

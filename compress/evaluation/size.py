@@ -6,7 +6,7 @@ import io
 import zipfile
 from pathlib import Path
 
-from compress.artifacts import OnnxModel, TorchModel
+from compress.models.artifacts import OnnxModel, TorchModel
 
 
 def model_size(model: TorchModel | OnnxModel) -> dict:

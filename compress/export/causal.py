@@ -25,10 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
-from compress.artifacts import MANIFEST_FILE, OnnxModel, TorchModel
-from compress.causal import CAUSAL_TASK, CausalRunner
-from compress.errors import CompressError
-from compress.text_data import PROMPTS, pack_blocks, prompt_ids
+from compress.core.errors import CompressError
+from compress.data.causal import PROMPTS, pack_blocks, prompt_ids
+from compress.models.artifacts import MANIFEST_FILE, OnnxModel, TorchModel
+from compress.models.causal import CAUSAL_TASK
+from compress.runtime.causal import CausalRunner
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ class CausalExportResult:
 
 def check_blocks(model: TorchModel, texts: list[str] | None = None, blocks: int = 4, block_size: int = 64) -> np.ndarray:
     """Real text blocks for the logits check (sample sentences when no texts are given)."""
-    from compress.data import sample_texts
+    from compress.data.examples import sample_texts
 
     texts = texts or sample_texts() * 8
     return pack_blocks(model.tokenizer, texts, block_size, max_blocks=blocks)
@@ -71,7 +72,7 @@ def check_blocks(model: TorchModel, texts: list[str] | None = None, blocks: int 
 def check_causal_parity(reference: TorchModel, onnx_model: OnnxModel, blocks: np.ndarray,
                         prompts: list[list[int]], new_tokens: int = 32) -> CausalParity:
     """Max |Δlogits| on `blocks` and greedy agreement on `prompts` between PyTorch and ONNX Runtime."""
-    from compress.evaluation.perplexity import generate_greedy
+    from compress.runtime.causal import generate_greedy
 
     torch_run, ort_run = CausalRunner(reference), CausalRunner(onnx_model)
     diff = 0.0
@@ -145,7 +146,7 @@ def export_causal(model: TorchModel, out_dir: str | Path, *, texts: list[str] | 
         report = {"exporter": EXPORTER, "opset": used_opset, "parity": asdict(parity), "atol": atol,
                   "seconds": round(seconds, 2)}
         (staged / "export_report.json").write_text(json.dumps(report, indent=2))
-        from compress.artifacts import publish_dir
+        from compress.models.artifacts import publish_dir
 
         publish_dir(staged, out_dir)
     final = OnnxModel(out_dir / "model.onnx", CAUSAL_TASK, tokenizer=model.tokenizer, source=model.source)

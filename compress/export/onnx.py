@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from compress.artifacts import MANIFEST_FILE, OnnxModel, TorchModel
-from compress.errors import CompressError
+from compress.core.errors import CompressError
+from compress.models.artifacts import MANIFEST_FILE, OnnxModel, TorchModel
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def export_onnx(model: TorchModel, out_dir: str | Path, *, check_batches: list[d
         raise CompressError(f"unknown exporter '{exporter}'", f"use one of: {', '.join(EXPORTERS)}")
     if optimize not in OPTIMIZATIONS:
         raise CompressError(f"unknown optimization '{optimize}'", f"use one of: {', '.join(OPTIMIZATIONS)}")
-    from compress.paths import guard_output
+    from compress.core.paths import guard_output
 
     out_dir = Path(out_dir)
     guard_output(out_dir, [model.source])  # never over, into or around the model being exported
@@ -115,7 +115,7 @@ def export_onnx(model: TorchModel, out_dir: str | Path, *, check_batches: list[d
 
 def default_check_batches(model: TorchModel) -> list[dict]:
     """Real inputs for parity when none are given: sample sentences, or sklearn digits test images."""
-    from compress.data import Examples, iter_batches, load_examples, sample_texts
+    from compress.data.examples import Examples, iter_batches, load_examples, sample_texts
 
     if model.takes_tokens:
         return list(iter_batches(model, Examples(texts=sample_texts()), batch_size=4))
@@ -130,7 +130,7 @@ def default_check_batches(model: TorchModel) -> list[dict]:
 
 def check_parity(reference: TorchModel, onnx_model: OnnxModel, batches: list[dict]) -> Parity:
     """Max |Δlogits| and argmax agreement between PyTorch and ONNX Runtime on the same batches."""
-    from compress.inference import Predictor
+    from compress.runtime.predict import Predictor
 
     torch_run, ort_run = Predictor(reference), Predictor(onnx_model)
     diffs, agree, n = [], 0, 0
@@ -236,7 +236,7 @@ def _optimize(model: TorchModel, path: Path, how: str) -> None:
     """Rewrite `path` in place with an optimized graph (still portable: no hardware-specific layouts)."""
     optimized = path.with_name("model.opt.onnx")
     if how == "ort":
-        from compress.export.ort import make_session
+        from compress.runtime.ort import make_session
 
         make_session(path, optimization="extended", save_optimized=optimized)
     else:
@@ -261,7 +261,7 @@ def _graph_opset(path: Path) -> int:
 
 
 def _to_ort_format(onnx_path: Path) -> Path:
-    from compress.export.ort import make_session
+    from compress.runtime.ort import make_session
 
     ort_path = onnx_path.with_suffix(".ort")
     make_session(onnx_path, optimization="basic", save_optimized=ort_path, save_format="ort")

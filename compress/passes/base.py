@@ -7,12 +7,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from compress.artifacts import OnnxModel, TorchModel
-from compress.config import StrictConfig
-from compress.registry import Registry
+from compress.core.config import StrictConfig
+from compress.core.registry import Registry
+from compress.models.artifacts import OnnxModel, TorchModel
 
 # Base of every pass config: unknown keys fail loudly, configs are immutable data. It is the bottom-layer
-# `StrictConfig` itself, so the training loop's settings (`compress.train.TrainConfig`) are pass configs too.
+# `StrictConfig` itself, so the training loop's settings (`compress.training.loop.TrainConfig`) are pass configs too.
 PassConfig = StrictConfig
 
 

@@ -6,10 +6,10 @@ from typing import Literal
 
 from pydantic import Field
 
-from compress.causal import is_causal
-from compress.data import iter_batches
+from compress.data.examples import iter_batches
 from compress.export.causal import export_causal
 from compress.export.onnx import export_onnx as export
+from compress.models.causal import is_causal
 from compress.passes.base import PassConfig, PassContext, PassResult, register_pass
 
 

@@ -11,11 +11,12 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from compress.errors import CompressError
-from compress.modules import select_modules, swap_module
+from compress.core.errors import CompressError
+from compress.models.artifacts import copy_model
+from compress.models.modules import select_modules, swap_module
+from compress.models.surgery import factor_pair
 from compress.passes.base import PassConfig, PassContext, PassResult, register_pass
-from compress.pruning import RecoverConfig, copy_model, recover
-from compress.surgery import factor_pair
+from compress.techniques.distill.recover import RecoverConfig, recover
 
 log = logging.getLogger(__name__)
 

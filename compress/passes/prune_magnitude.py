@@ -9,11 +9,13 @@ from typing import Literal
 
 from pydantic import Field
 
-from compress.errors import CompressError
+from compress.core.errors import CompressError
 from compress.evaluation.size import model_size
-from compress.modules import select_modules
+from compress.models.artifacts import copy_model
+from compress.models.modules import select_modules
 from compress.passes.base import PassConfig, PassContext, PassResult, register_pass
-from compress.pruning import MaskSchedule, RecoverConfig, copy_model, recover, steps_per_run
+from compress.techniques.distill.recover import RecoverConfig, recover, steps_per_run
+from compress.techniques.prune.magnitude import MaskSchedule
 
 log = logging.getLogger(__name__)
 

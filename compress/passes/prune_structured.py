@@ -10,23 +10,22 @@ from typing import Literal
 
 from pydantic import Field
 
-from compress.causal import is_causal
-from compress.errors import CompressError
+from compress.core.errors import CompressError
 from compress.evaluation.size import model_size
-from compress.modules import check_globs, matches
+from compress.models.anatomy import attention_modules
+from compress.models.artifacts import copy_model
+from compress.models.causal import is_causal
+from compress.models.modules import check_globs, matches
+from compress.models.surgery import ffn_groups, resize_record, sync_hf_config, tensor_shapes
 from compress.passes.base import PassConfig, PassContext, PassResult, register_pass
-from compress.pruning import (
-    RecoverConfig,
-    attention_modules,
+from compress.techniques.distill.recover import RecoverConfig, recover
+from compress.techniques.prune.structured import (
     channel_groups,
-    copy_model,
     head_slices,
     importance_fn,
     record_pruned_heads,
-    recover,
     round_keep,
 )
-from compress.surgery import ffn_groups, resize_record, sync_hf_config, tensor_shapes
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +52,8 @@ class PruneStructuredConfig(PassConfig):
     scope: Literal["layer", "global"] = Field("layer", description="layer: the same fraction everywhere; global: "
                                               "rank units across layers (scores normalised by each layer's mean).")
     importance: str = Field("l2", description="Importance score (l1, l2, or one added with "
-                            "compress.pruning.register_importance); computed over all weights a unit owns. "
-                            "Causal LMs are always scored on calibration activations (see compress.decoder_pruning).")
+                            "compress.techniques.prune.structured.register_importance); computed over all weights a unit owns. "
+                            "Causal LMs are always scored on calibration activations (see compress.techniques.prune.causal).")
     round_to: int = Field(8, ge=1, description="Kept neurons/channels per layer rounded to this multiple.")
     targets: list[str] = Field(default_factory=list, description="Globs of layer names to prune (default: all).")
     exclude: list[str] = Field(default_factory=list, description="Globs of layer names to leave whole.")
@@ -183,16 +182,16 @@ def _record(model, unit: str, surgery: list, before: dict | None) -> None:
 
 def _prune_decoder(model, pruned, cfg: PruneStructuredConfig, ctx: PassContext) -> PassResult:
     """Causal LMs: layers, FFN neurons or GQA groups scored on calibration text, removed, the config rewritten."""
-    from compress.causal_distillation import causal_texts
-    from compress.decoder_pruning import prune_decoder
-    from compress.text_data import pack_blocks
+    from compress.data.causal import causal_texts, pack_blocks
+    from compress.techniques.prune.causal import prune_decoder
 
     if cfg.unit == "channels":
         raise CompressError("unit channels is for conv/MLP networks", "prune decoders by layers, neurons or heads")
     if cfg.targets or cfg.exclude:
         raise CompressError("targets / exclude are not supported for decoder pruning (every layer keeps one width)",
                             "remove them, or prune layers by depth")
-    from compress.decoder_pruning import check_depth, decoder_layers
+    from compress.models.anatomy import decoder_layers
+    from compress.techniques.prune.causal import check_depth
 
     if cfg.unit == "layers" and cfg.depth is not None:  # a bad depth fails before any text is read
         check_depth(cfg.depth, len(decoder_layers(pruned.module)))

@@ -7,11 +7,11 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from compress.causal import is_causal
-from compress.errors import CompressError
+from compress.core.errors import CompressError
+from compress.models.causal import is_causal
 from compress.passes.base import PassConfig, PassContext, PassResult, register_pass
-from compress.quantization import load_settings, quantize
-from compress.quantization_causal import quantize_causal
+from compress.techniques.quantize.causal import quantize_causal
+from compress.techniques.quantize.ort import load_settings, quantize
 
 
 class QuantizeOrtConfig(PassConfig):

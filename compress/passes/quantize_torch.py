@@ -16,12 +16,12 @@ from typing import Literal
 
 from pydantic import Field
 
-from compress.artifacts import TorchModel, publish_dir
-from compress.errors import CompressError
+from compress.core.errors import CompressError
 from compress.evaluation.size import model_size
-from compress.modules import check_globs, matches, swap_module
+from compress.models.artifacts import TorchModel, publish_dir
+from compress.models.modules import check_globs, matches, swap_module
+from compress.models.surgery import int8_linear_class
 from compress.passes.base import DataBundle, PassConfig, PassContext, PassResult, register_pass
-from compress.surgery import int8_linear_class
 
 
 class QuantizeTorchConfig(PassConfig):

@@ -293,26 +293,3 @@ def compare_table(runs: list[dict]):
     for row in compare_rows(runs):
         table.add_row(*row)
     return table
-
-
-def plan_table(recipe, cached: dict[str, bool] | None = None):
-    """The dry-run plan, one line per stage (readable at any terminal width):
-    `3. baseline-int8 (baseline) <- teacher: quantize_ort [torch>onnx] needs -; to run`."""
-    from rich.console import Group
-    from rich.text import Text
-
-    from compress.recipe import plan
-
-    lines = [Text(f"plan: {recipe.name} (base model {recipe.model}, {len(recipe.stages)} stages)", style="bold")]
-    teacher = recipe.teacher_stage()
-    for i, step in enumerate(plan(recipe)):
-        role = " (teacher)" if step.name == teacher else (" (baseline)" if step.name in recipe.baselines else "")
-        status = "cached" if (cached or {}).get(step.name) else "to run"
-        if not (step.evaluate or step.name == teacher):
-            status += ", not in report"
-        line = Text(f"{i + 1:>2}. ")
-        line.append(step.name + role, style="cyan")
-        line.append(f" <- {step.input}: {step.pass_type} [{step.input_kind}>{step.output_kind}] "
-                    f"needs {','.join(step.needs) or '-'}; {status}")
-        lines.append(line)
-    return Group(*lines)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from compress.errors import CompressError
+from compress.core.errors import CompressError
 
 SCHEMA_VERSION = 1
 

@@ -1,7 +1,7 @@
 """The report of one `compress search`: every trial, the Pareto front, the chosen model against the teacher and
 the baselines, and what the search cost; `search.json` (the data), `report.md`, `report.html`, `pareto.png`.
 
-Renders plain data (the dict `compress.search.search` returns); computes only the front and the ratios.
+Renders plain data (the dict `compress.pipeline.search.search` returns); computes only the front and the ratios.
 """
 
 from __future__ import annotations

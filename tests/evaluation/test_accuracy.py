@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from compress.errors import CompressError
+from compress.core.errors import CompressError
 from compress.evaluation.accuracy import agreement, evaluate, score
 
 
@@ -48,9 +48,9 @@ def test_more_labels_than_outputs_is_an_error(tiny_bert, text_examples):
 
 @pytest.mark.slow
 def test_minilm_torch_and_onnx_same_accuracy_on_sst2_dev(tmp_path, shared_data):
-    from compress.data import load_examples
+    from compress.data.examples import load_examples
     from compress.export.onnx import export_onnx
-    from compress.models import load_model
+    from compress.models.load import load_model
 
     model = load_model("minilm", task="text-classification", num_labels=2)
     examples = load_examples(str(shared_data / "sst2"), split="dev")

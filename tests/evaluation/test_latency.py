@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from compress.evaluation.latency import BenchSpec, bench, percentiles, time_runs
+from compress.evaluation.latency.bench import BenchSpec, bench
+from compress.evaluation.latency.timing import percentiles, time_runs
 
 
 def test_percentiles_and_throughput():

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from compress.artifacts import TorchModel
-from compress.data import iter_batches
-from compress.errors import CompressError
+from compress.core.errors import CompressError
+from compress.data.examples import iter_batches
 from compress.export.onnx import export_onnx
-from compress.inference import Predictor
+from compress.models.artifacts import TorchModel
+from compress.runtime.predict import Predictor
 
 
 def test_tiny_bert_export_parity_and_dynamic_axes(tmp_path, tiny_bert, text_examples):
@@ -79,8 +79,8 @@ def test_folder_loads_in_optimum(tmp_path, tiny_bert):
 
 @pytest.mark.slow
 def test_minilm_export_parity_on_sst2_dev(tmp_path, shared_data):
-    from compress.data import load_examples
-    from compress.models import load_model
+    from compress.data.examples import load_examples
+    from compress.models.load import load_model
 
     model = load_model("minilm", task="text-classification", num_labels=2)
     examples = load_examples(str(shared_data / "sst2"), split="dev", limit=64)

@@ -9,17 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from compress.errors import CompressError
-from compress.passes.distill import (
-    DistillConfig,
-    attention_loss,
-    derive_student,
-    distillation_loss,
-    hidden_state_loss,
-    run_distillation,
-    select_layers,
-    teacher_logits,
-)
+from compress.core.errors import CompressError
+from compress.passes.distill import DistillConfig
+from compress.techniques.distill.losses import attention_loss, distillation_loss, hidden_state_loss
+from compress.techniques.distill.run import run_distillation
+from compress.techniques.distill.student import derive_student, select_layers
+from compress.techniques.distill.teacher import teacher_logits
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -94,8 +89,8 @@ def test_select_layers_keeps_the_last():
 def _bert(layers=4, hidden=32, heads=4, num_labels=2, seed=0):
     from transformers import BertConfig, BertForSequenceClassification
 
-    from compress.artifacts import TorchModel
-    from compress.models import _tiny_tokenizer
+    from compress.models.artifacts import TorchModel
+    from compress.models.builders import _tiny_tokenizer
 
     torch.manual_seed(seed)
     tok = _tiny_tokenizer()
@@ -133,16 +128,16 @@ def test_derive_student_copies_embeddings_and_spaced_layers(tmp_path):
 
 
 def _digits(split, limit=None):
-    from compress.data import load_examples
+    from compress.data.examples import load_examples
 
     return load_examples("builtin:digits", split=split, limit=limit)
 
 
 def test_student_reaches_teacher_accuracy_on_digits(tmp_path):
     # setup: an MLP teacher fine-tuned on digits, a 4x narrower MLP student from scratch
-    from compress.artifacts import TorchModel
     from compress.evaluation.accuracy import evaluate
-    from compress.models import build_mlp, build_tiny
+    from compress.models.artifacts import TorchModel
+    from compress.models.builders import build_mlp, build_tiny
     from compress.passes.finetune import FinetuneConfig, run_finetune
 
     train, test = _digits("train"), _digits("test")
@@ -170,9 +165,9 @@ def test_teacher_logits_are_cached_on_disk(tmp_path, monkeypatch, tiny_cnn):
     first = teacher_logits(tiny_cnn, examples, 128, tmp_path)
 
     # execute: a second call must not run the teacher again
-    import compress.inference
+    import compress.runtime.predict
 
-    monkeypatch.setattr(compress.inference, "predict", lambda *a, **k: pytest.fail("teacher ran twice"))
+    monkeypatch.setattr(compress.runtime.predict, "predict", lambda *a, **k: pytest.fail("teacher ran twice"))
     second = teacher_logits(tiny_cnn, examples, 128, tmp_path)
 
     # assert

@@ -7,8 +7,8 @@ import torch
 from pydantic import ValidationError
 from test_prune_helpers import logits, reload_and_export_parity, run_pass
 
-from compress.data import iter_batches
-from compress.errors import CompressError
+from compress.core.errors import CompressError
+from compress.data.examples import iter_batches
 
 
 def test_full_rank_reproduces_outputs(tmp_path, tiny_bert, tiny_cnn, text_examples, digits_examples):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from compress.errors import CompressError
+from compress.core.errors import CompressError
 from compress.passes.finetune import FinetuneConfig, run_finetune
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -13,9 +13,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def test_finetune_learns_digits(tmp_path):
     # setup
-    from compress.data import load_examples
+    from compress.data.examples import load_examples
     from compress.evaluation.accuracy import evaluate
-    from compress.models import build_tiny
+    from compress.models.builders import build_tiny
 
     train, val = load_examples("builtin:digits", split="train"), load_examples("builtin:digits", split="validation")
     model = build_tiny("mlp")

@@ -23,8 +23,8 @@ def logits(model, batch) -> np.ndarray:
 def reload_and_export_parity(model, batch, tmp_path) -> tuple[float, float]:
     """max |Δ| of (saved + reloaded without pickle) and of (ONNX Runtime) against `model` on `batch`."""
     from compress.export.onnx import export_onnx
-    from compress.inference import Predictor
-    from compress.models import load_model
+    from compress.models.load import load_model
+    from compress.runtime.predict import Predictor
 
     model.save(tmp_path / "saved")
     reloaded = load_model(tmp_path / "saved")

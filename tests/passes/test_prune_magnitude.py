@@ -6,9 +6,9 @@ import pytest
 import torch
 from test_prune_helpers import logits, reload_and_export_parity, run_pass
 
-from compress.data import iter_batches
-from compress.errors import CompressError
-from compress.pruning import MaskSchedule, cubic_sparsity
+from compress.core.errors import CompressError
+from compress.data.examples import iter_batches
+from compress.techniques.prune.magnitude import MaskSchedule, cubic_sparsity
 
 
 def test_layerwise_sparsity_within_one_percent_per_layer(tmp_path, tiny_bert):
@@ -100,7 +100,7 @@ def test_pruned_model_reloads_and_exports_with_parity(tmp_path, tiny_bert, text_
 
 def test_gradual_pruning_during_recovery_ends_at_target(tmp_path, tiny_bert, text_examples):
     # setup: 12 examples, batch 4, 2 epochs = 6 distillation steps from the unpruned model
-    from compress.pruning import RecoverConfig
+    from compress.techniques.distill.recover import RecoverConfig
 
     recover = RecoverConfig(epochs=2, batch_size=4, max_length=16, lr=1e-3)
     # execute

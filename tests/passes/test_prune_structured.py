@@ -7,9 +7,9 @@ import pytest
 import torch
 from test_prune_helpers import logits, reload_and_export_parity, run_pass
 
-from compress.data import iter_batches
-from compress.errors import CompressError
-from compress.pruning import round_keep
+from compress.core.errors import CompressError
+from compress.data.examples import iter_batches
+from compress.techniques.prune.structured import round_keep
 
 
 def test_ffn_neurons_removed_by_the_expected_amount(tmp_path, tiny_bert, text_examples):
@@ -74,7 +74,7 @@ def test_neurons_pruned_reload_and_export(tmp_path, tiny_bert, text_examples):
 
 
 def test_channels_of_a_cnn(tmp_path, digits_examples):
-    from compress.models import build_tiny
+    from compress.models.builders import build_tiny
 
     # setup: widths 8 -> 16 -> fc 32; round_to 4 so the 8-channel layer can shrink too
     cnn = build_tiny("cnn")
@@ -109,7 +109,7 @@ def test_wrong_unit_for_the_model(tmp_path, tiny_bert, tiny_cnn):
 
 
 def test_recovery_trains_the_pruned_model_from_the_unpruned_one(tmp_path, tiny_bert, text_examples):
-    from compress.pruning import RecoverConfig
+    from compress.techniques.distill.recover import RecoverConfig
 
     before = run_pass("prune_structured", tiny_bert, tmp_path, sparsity=0.5).model
     result = run_pass("prune_structured", tiny_bert, tmp_path, train=text_examples, sparsity=0.5,
@@ -126,7 +126,7 @@ def test_configs_round_trip_as_data():
     from compress.passes.factorize import FactorizeConfig
     from compress.passes.prune_magnitude import PruneMagnitudeConfig
     from compress.passes.prune_structured import PruneStructuredConfig
-    from compress.pruning import RecoverConfig
+    from compress.techniques.distill.recover import RecoverConfig
 
     for cfg in (PruneMagnitudeConfig(sparsity=0.5, scope="global", schedule="gradual", recover=RecoverConfig()),
                 PruneStructuredConfig(sparsity=0.5, unit="heads", targets=["*layer.1*"]),

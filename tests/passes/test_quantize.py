@@ -1,4 +1,4 @@
-"""Pass `quantize_ort` and `compress.quantization` on tiny config-built models: integer ops, fidelity, exclusions,
+"""Pass `quantize_ort` and `compress.techniques.quantize.ort` on tiny config-built models: integer ops, fidelity, exclusions,
 calibration methods, budget search, saved settings, execution-provider warnings."""
 
 from __future__ import annotations
@@ -8,21 +8,21 @@ import json
 import numpy as np
 import pytest
 
-from compress.errors import CompressError
+from compress.core.errors import CompressError
 
 
 @pytest.fixture(scope="module")
 def fp32_bert(tmp_path_factory):
     """Tiny BERT exported once to ONNX (the fp32 input of most tests)."""
     from compress.export.onnx import export_onnx
-    from compress.models import build_tiny
+    from compress.models.builders import build_tiny
 
     return export_onnx(build_tiny("bert"), tmp_path_factory.mktemp("fp32") / "onnx").model
 
 
 @pytest.fixture(scope="module")
 def examples():
-    from compress.data import Examples
+    from compress.data.examples import Examples
 
     texts = ["good movie", "bad plot", "great acting", "awful script", "loved it", "hated it", "a fine film",
              "a dull mess", "wonderful", "terrible", "nice", "boring"] * 2
@@ -31,8 +31,8 @@ def examples():
 
 def _sqnr_db(model, reference, examples) -> float:
     """10 log10(|ref|^2 / |out - ref|^2) over the logits of `examples` (torchao's fidelity measure)."""
-    from compress.data import iter_batches
-    from compress.inference import predict
+    from compress.data.examples import iter_batches
+    from compress.runtime.predict import predict
 
     batches = list(iter_batches(reference, examples, 8))
     ref, _ = predict(reference, batches)
@@ -48,7 +48,7 @@ def _cfg(**kw):
 
 
 def test_dynamic_counts_integer_matmuls_and_keeps_outputs(fp32_bert, examples, tmp_path):
-    from compress.quantization import count_ops, quantize
+    from compress.techniques.quantize.ort import count_ops, quantize
 
     # execute: unfused graph, so every weight MatMul/Gemm maps to one MatMulInteger
     result = quantize(fp32_bert, tmp_path / "q", _cfg(optimize="none"))
@@ -62,7 +62,7 @@ def test_dynamic_counts_integer_matmuls_and_keeps_outputs(fp32_bert, examples, t
 
 
 def test_dynamic_on_fused_graph_uses_qattention(fp32_bert, examples, tmp_path):
-    from compress.quantization import count_ops, quantize
+    from compress.techniques.quantize.ort import count_ops, quantize
 
     result = quantize(fp32_bert, tmp_path / "q", _cfg())  # auto: BERT family -> transformer fusions first
     ops = count_ops(result.model.path)["ops"]
@@ -72,7 +72,7 @@ def test_dynamic_on_fused_graph_uses_qattention(fp32_bert, examples, tmp_path):
 
 
 def test_exclusions_are_honoured(fp32_bert, tmp_path):
-    from compress.quantization import count_ops, quantize
+    from compress.techniques.quantize.ort import count_ops, quantize
 
     result = quantize(fp32_bert, tmp_path / "q", _cfg(optimize="none", exclude=["*layer.1/*", "/inner/classifier/Gemm"]))
     counts = count_ops(result.model.path)
@@ -84,7 +84,7 @@ def test_exclusions_are_honoured(fp32_bert, tmp_path):
 
 @pytest.mark.parametrize("method", ["minmax", "entropy", "percentile"])
 def test_static_calibration_methods_run(fp32_bert, examples, tmp_path, method):
-    from compress.quantization import count_ops, quantize
+    from compress.techniques.quantize.ort import count_ops, quantize
 
     result = quantize(fp32_bert, tmp_path / "q", _cfg(mode="static", calibration_method=method, calibration_samples=12),
                       calibration=examples)
@@ -98,7 +98,7 @@ def test_static_calibration_methods_run(fp32_bert, examples, tmp_path, method):
 def test_fp16_converts_weights(fp32_bert, examples, tmp_path):
     import onnx
 
-    from compress.quantization import quantize
+    from compress.techniques.quantize.ort import quantize
 
     result = quantize(fp32_bert, tmp_path / "q", _cfg(mode="fp16"))
     graph = onnx.load(str(result.model.path)).graph
@@ -108,10 +108,10 @@ def test_fp16_converts_weights(fp32_bert, examples, tmp_path):
 
 
 def test_settings_reload_and_replay(fp32_bert, examples, tmp_path):
-    from compress.data import iter_batches
-    from compress.inference import predict
+    from compress.data.examples import iter_batches
     from compress.passes.quantize import load_config, replay_config
-    from compress.quantization import count_ops, load_settings, quantize
+    from compress.runtime.predict import predict
+    from compress.techniques.quantize.ort import count_ops, load_settings, quantize
 
     cfg = _cfg(optimize="none", exclude=["*layer.0/output/*"])
     first = quantize(fp32_bert, tmp_path / "a", cfg)
@@ -127,7 +127,7 @@ def test_settings_reload_and_replay(fp32_bert, examples, tmp_path):
 
 
 def test_max_drop_writes_sensitivity_table(fp32_bert, examples, tmp_path):
-    from compress.quantization import quantize
+    from compress.techniques.quantize.ort import quantize
 
     result = quantize(fp32_bert, tmp_path / "q", _cfg(max_drop=0.05), eval_examples=examples)
     m = result.metrics
@@ -139,7 +139,7 @@ def test_max_drop_writes_sensitivity_table(fp32_bert, examples, tmp_path):
 
 
 def test_budget_search_keeps_sensitive_units_until_within_budget(tmp_path, monkeypatch):
-    from compress import quantization as q
+    from compress.techniques.quantize import ort as q
 
     # setup: a fake quantizer/scorer where each fp32 unit recovers accuracy by its weight
     recover = {"a": 0.02, "b": 0.005, "c": 0.001}
@@ -164,22 +164,22 @@ def test_budget_search_keeps_sensitive_units_until_within_budget(tmp_path, monke
 
 
 def test_static_without_calibration_fails(fp32_bert, tmp_path):
-    from compress.quantization import quantize
+    from compress.techniques.quantize.ort import quantize
 
     with pytest.raises(CompressError, match="calibration"):
         quantize(fp32_bert, tmp_path / "q", _cfg(mode="static"))
 
 
 def test_exclusion_matching_nothing_fails(fp32_bert, tmp_path):
-    from compress.quantization import quantize
+    from compress.techniques.quantize.ort import quantize
 
     with pytest.raises(CompressError, match="matches no node"):
         quantize(fp32_bert, tmp_path / "q", _cfg(exclude=["*no_such_layer*"]))
 
 
 def test_not_an_onnx_model_fails(tmp_path):
-    from compress.artifacts import OnnxModel
-    from compress.quantization import quantize
+    from compress.models.artifacts import OnnxModel
+    from compress.techniques.quantize.ort import quantize
 
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not a model")
@@ -188,8 +188,8 @@ def test_not_an_onnx_model_fails(tmp_path):
 
 
 def test_cuda_target_warns_about_cpu_fallback(fp32_bert, tmp_path):
-    from compress.export.ort import cuda_available
-    from compress.quantization import quantize
+    from compress.runtime.ort import cuda_available
+    from compress.techniques.quantize.ort import quantize
 
     if cuda_available():
         pytest.skip("measured by the gpu test")
@@ -198,7 +198,7 @@ def test_cuda_target_warns_about_cpu_fallback(fp32_bert, tmp_path):
 
 
 def test_pass_registered_and_runs_from_torch(examples, tmp_path):
-    from compress.models import build_tiny
+    from compress.models.builders import build_tiny
     from compress.passes.base import DataBundle, PassContext, get_pass
 
     info = get_pass("quantize_ort")
@@ -211,8 +211,8 @@ def test_pass_registered_and_runs_from_torch(examples, tmp_path):
 
 def test_image_model_quantizes_linear_layers(tmp_path, digits_examples):
     from compress.export.onnx import export_onnx
-    from compress.models import build_tiny
-    from compress.quantization import quantize
+    from compress.models.builders import build_tiny
+    from compress.techniques.quantize.ort import quantize
 
     fp32 = export_onnx(build_tiny("mlp"), tmp_path / "fp32").model
     result = quantize(fp32, tmp_path / "q", _cfg())
@@ -221,8 +221,8 @@ def test_image_model_quantizes_linear_layers(tmp_path, digits_examples):
 
 
 def test_ort_format_written_and_runs(fp32_bert, examples, tmp_path):
-    from compress.artifacts import OnnxModel
-    from compress.quantization import quantize
+    from compress.models.artifacts import OnnxModel
+    from compress.techniques.quantize.ort import quantize
 
     result = quantize(fp32_bert, tmp_path / "q", _cfg(ort_format=True))
     ort_model = OnnxModel(tmp_path / "q" / "model.ort", "text-classification", result.model.tokenizer,

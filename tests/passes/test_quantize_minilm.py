@@ -8,11 +8,11 @@ import pytest
 
 @pytest.mark.slow
 def test_minilm_dynamic_int8_keeps_embeddings(tmp_path):
-    from compress.data import Examples, iter_batches, sample_texts
-    from compress.inference import predict
-    from compress.models import load_model
+    from compress.data.examples import Examples, iter_batches, sample_texts
+    from compress.models.load import load_model
     from compress.passes.quantize import QuantizeOrtConfig
-    from compress.quantization import quantize
+    from compress.runtime.predict import predict
+    from compress.techniques.quantize.ort import quantize
 
     # setup: the encoder (feature-extraction): pooled embeddings are meaningful, a random head's logits are not
     model = load_model("minilm", task="feature-extraction")

@@ -5,19 +5,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from compress.errors import CompressError
+from compress.core.errors import CompressError
 
 
 def _logits(model, texts):
-    from compress.data import Examples, iter_batches
-    from compress.inference import predict
+    from compress.data.examples import Examples, iter_batches
+    from compress.runtime.predict import predict
 
     return predict(model, iter_batches(model, Examples(texts=texts), 8))[0]
 
 
 def test_quantize_torch_swaps_linears_and_reloads(tmp_path):
-    from compress.data import sample_texts
-    from compress.models import build_tiny, load_model
+    from compress.data.examples import sample_texts
+    from compress.models.builders import build_tiny
+    from compress.models.load import load_model
     from compress.passes.quantize_torch import QuantizeTorchConfig, quantize_torch_model
 
     # setup
@@ -37,7 +38,7 @@ def test_quantize_torch_swaps_linears_and_reloads(tmp_path):
 
 
 def test_quantize_torch_bad_exclude():
-    from compress.models import build_tiny
+    from compress.models.builders import build_tiny
     from compress.passes.quantize_torch import select_linears
 
     with pytest.raises(CompressError, match="matches no Linear"):

@@ -1,0 +1,131 @@
+"""Text for causal language models: read texts, tokenize them, pack them into fixed-length blocks.
+
+Sources: anything `compress.data.examples.load_examples` reads (JSONL/CSV/TSV files, folders of split files, saved
+`datasets` folders; the `text` field, plus `text_pair` when asked), and plain `.txt` files (one text per
+paragraph: blank lines separate texts). Labels are never needed here.
+
+Packing follows the usual language-model recipe: texts are tokenized without special tokens, joined with the
+EOS token between them, and cut into blocks of `block_size` tokens (the tail that does not fill a block is
+dropped), so every position of every block is a real token and perplexity is token-weighted.
+
+`part` splits a source deterministically without a split file: a text goes to "heldout" when a hash of its
+content falls in the held-out fraction, else to "train". The same sentence always lands on the same side,
+whatever the order or the number of texts, so held-out text never leaks into training through duplicates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from compress.core.errors import CompressError
+
+PARTS = ("all", "train", "heldout")
+
+
+@dataclass(frozen=True)
+class TextSource:
+    """Where texts come from.
+
+    Args:
+        source: file, folder of split files or saved dataset (see module docstring); `.txt` files too.
+        split: split name (file stem in a folder, e.g. `validation`).
+        text_field: field holding the text.
+        text_pair_field: a second text field whose texts are added as texts of their own (e.g. RTE hypotheses).
+        part: "all", or the "train" / "heldout" side of the deterministic hash split.
+        heldout_fraction: share of texts on the held-out side.
+    """
+
+    source: str
+    split: str | None = None
+    text_field: str = "text"
+    text_pair_field: str | None = None
+    part: str = "all"
+    heldout_fraction: float = 0.1
+
+
+def load_texts(src: TextSource) -> list[str]:
+    """The texts of `src` (non-empty strings), in file order, restricted to `src.part`."""
+    if src.part not in PARTS:
+        raise CompressError(f"unknown text part '{src.part}'", f"use one of: {', '.join(PARTS)}")
+    path = Path(src.source).expanduser()
+    if path.suffix == ".txt":
+        if not path.is_file():
+            raise CompressError(f"text file '{path}' not found", "pass an existing .txt, JSONL or CSV file")
+        try:
+            raw = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise CompressError(f"'{path}' is not UTF-8 text", "convert it to UTF-8") from e
+        texts = [" ".join(p.split()) for p in raw.split("\n\n")]
+    else:
+        from compress.data.examples import load_examples
+
+        examples = load_examples(src.source, split=src.split, text_field=src.text_field,
+                                 text_pair_field=src.text_pair_field)
+        if examples.texts is None:
+            raise CompressError(f"'{src.source}' holds no texts", "pass text data (a JSONL/CSV with a text field, or .txt)")
+        texts = list(examples.texts) + list(examples.text_pairs or [])
+    texts = [t for t in texts if t and t.strip()]
+    if src.part != "all":
+        from compress.data.examples import text_bucket
+
+        texts = [t for t in texts if (text_bucket(t) < src.heldout_fraction) == (src.part == "heldout")]
+    if not texts:
+        where = f"{src.source}" + (f" (split {src.split})" if src.split else "") + (f", part {src.part}" if src.part != "all" else "")
+        raise CompressError(f"no text in {where}", "pass a file with non-empty text fields")
+    return texts
+
+
+def pack_blocks(tokenizer, texts: list[str], block_size: int, max_blocks: int | None = None) -> np.ndarray:
+    """Token blocks (N, block_size) int64: texts joined with EOS and cut; the partial last block is dropped."""
+    if block_size < 2:
+        raise CompressError(f"block size {block_size} is too small", "use at least 2 tokens per block")
+    sep = tokenizer.eos_token_id
+    ids: list[int] = []
+    needed = None if max_blocks is None else max_blocks * block_size
+    for start in range(0, len(texts), 256):
+        for row in tokenizer(texts[start:start + 256], add_special_tokens=False, verbose=False)["input_ids"]:
+            ids.extend(row)
+            if sep is not None:
+                ids.append(sep)
+        if needed is not None and len(ids) >= needed:
+            break
+    n = len(ids) // block_size
+    if max_blocks is not None:
+        n = min(n, max_blocks)
+    if n == 0:
+        raise CompressError(f"the texts hold {len(ids)} tokens, fewer than one block of {block_size}",
+                            "pass more text or a smaller block size")
+    return np.asarray(ids[: n * block_size], np.int64).reshape(n, block_size)
+
+
+def text_blocks(src: TextSource, tokenizer, block_size: int = 128, max_blocks: int | None = None) -> np.ndarray:
+    """`load_texts` then `pack_blocks`."""
+    return pack_blocks(tokenizer, load_texts(src), block_size, max_blocks)
+
+
+# A fixed prompt set for greedy-generation agreement: plain English openings of different kinds.
+PROMPTS = (
+    "The capital of France is",
+    "Once upon a time, in a small village by the sea,",
+    "The most important thing to remember when learning to cook is",
+    "Scientists have discovered that",
+    "Here is a short summary of the history of the printing press:",
+    "The best way to improve your sleep is to",
+    "In the year 2030, cities will",
+    "My favourite book is",
+)
+
+
+def prompt_ids(tokenizer, prompts: tuple[str, ...] | list[str] = PROMPTS) -> list[list[int]]:
+    """Token ids of each prompt, with the tokenizer's own special tokens (e.g. BOS), as generation uses them."""
+    return [tokenizer(p)["input_ids"] for p in prompts]
+
+
+def causal_texts(examples) -> list[str]:
+    """Every text of `examples` as a document of its own (second texts of pairs too, e.g. RTE hypotheses)."""
+    if examples is None or examples.texts is None:
+        raise CompressError("token-level distillation needs text data", "pass a JSONL/CSV/TXT file with a text field")
+    return [t for t in list(examples.texts) + list(examples.text_pairs or []) if t and t.strip()]

@@ -1,0 +1,1 @@
+"""Pruning: magnitude (masks) and structured (units removed), with decoder-specific depth/width pruning."""
