@@ -127,3 +127,19 @@ def data_spec(data, split=None, text_field="text", text_pair_field=None, label_f
 
     return DataSpec(source=data, split=split, text_field=text_field, text_pair_field=text_pair_field,
                     label_field=label_field, limit=limit)
+
+
+def pass_config(cls, **kwargs):
+    """Build a pass config from CLI options; a pydantic error becomes one CompressError line (exit 2)."""
+    from pydantic import ValidationError
+
+    from compress.core.errors import CompressError
+
+    try:
+        return cls(**kwargs)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = (".".join(str(x) for x in err["loc"]) or "options").replace("_", "-")
+        if err["type"] == "literal_error":
+            raise CompressError(f"unknown {where} '{err['input']}'", f"use one of: {err['ctx']['expected']}") from None
+        raise CompressError(f"invalid {where}: {err['msg']}", "see --help for the allowed values") from None

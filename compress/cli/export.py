@@ -22,8 +22,8 @@ from compress.cli.app import (
     TrustRemoteCodeOpt,
     app,
     console,
-    data_spec,
     load_model_from_options,
+    pass_config,
 )
 
 
@@ -45,42 +45,27 @@ def export(
 ) -> None:
     """Export MODEL to ONNX with dynamic batch/sequence axes; fail with the numbers if outputs differ from PyTorch."""
     from compress.core.paths import guard_output
-    from compress.data.examples import iter_batches, load_examples
-    from compress.export.onnx import export_onnx
+    from compress.models.causal import is_causal
+    from compress.passes.base import DataBundle
+    from compress.passes.export_onnx import ExportOnnxConfig
+    from compress.pipeline.apply import apply_pass, load_check_examples
 
     guard_output(output, [model, data, arch])
     loaded = load_model_from_options(model, task, num_labels, arch, allow_pickle, trust_remote_code, input_shape)
-    from compress.models.causal import is_causal
-
+    cfg = pass_config(ExportOnnxConfig, opset=opset, exporter=exporter, optimize=optimize, ort_format=ort_format, atol=atol,
+                           check_examples=limit or 64)
+    examples = load_check_examples(loaded, data, split, text_field, text_pair_field, limit)
+    with console.status("exporting, then checking outputs against PyTorch"):
+        result = apply_pass(loaded, cfg, output, data=DataBundle(eval=examples))
+    m, where = result.metrics, result.model.path
     if is_causal(loaded):
-        return _causal(loaded, output, data, split, text_field, limit, opset, atol)
-    batches = None
-    if data:
-        examples = load_examples(data_spec(data, split, text_field, text_pair_field, limit=limit))
-        batches = list(iter_batches(loaded, examples, batch_size=16))
-    result = export_onnx(loaded, output, check_batches=batches, opset=opset or 17, exporter=exporter,
-                         optimize=optimize, ort_format=ort_format, atol=1e-4 if atol is None else atol)
-    p = result.parity
-    console.print(f"exported with the [bold]{result.exporter}[/] exporter (opset {result.opset}) to {result.model.path}")
-    console.print(f"parity on {p.examples} real inputs: max |Δlogits| {p.max_abs_diff:.2e}, "
-                  f"argmax agreement {p.argmax_agreement:.1%}")
-    if result.ort_path:
-        console.print(f"ORT format: {result.ort_path}")
-
-
-def _causal(loaded, output, data, split, text_field, limit, opset, atol) -> None:
-    """Decoders: optimum's KV-cache export, logits and greedy-decode parity."""
-    from compress.export.causal import export_causal
-
-    texts = None
-    if data:
-        from compress.data.causal import TextSource, load_texts
-
-        texts = load_texts(TextSource(data, split=split, text_field=text_field))[: limit or None]
-    with console.status("exporting with the KV cache, then checking logits and greedy decoding against PyTorch"):
-        result = export_causal(loaded, output, texts=texts, opset=opset, atol=1e-3 if atol is None else atol)
-    p = result.parity
-    console.print(f"exported with [bold]{result.exporter}[/] (opset {result.opset}) to {result.model.path} "
-                  f"in {result.seconds:.0f} s")
-    console.print(f"parity: max |Δlogits| {p.max_abs_diff:.2e} on {p.blocks} blocks of {p.block_size} tokens; greedy "
-                  f"decode of {p.greedy_new_tokens} tokens identical on {p.greedy_identical}/{p.greedy_prompts} prompts")
+        console.print(f"exported with [bold]{m['exporter']}[/] (opset {m['opset']}) to {where} in {m['seconds']:.0f} s")
+        console.print(f"parity: max |Δlogits| {m['parity_max_abs_diff']:.2e} on {m['parity_blocks']} blocks of "
+                      f"{m['parity_block_size']} tokens; greedy decode of {m['parity_greedy_new_tokens']} tokens "
+                      f"identical on {m['parity_greedy_identical']} prompts")
+        return
+    console.print(f"exported with the [bold]{m['exporter']}[/] exporter (opset {m['opset']}) to {where}")
+    console.print(f"parity on {m['parity_examples']} real inputs: max |Δlogits| {m['parity_max_abs_diff']:.2e}, "
+                  f"argmax agreement {m['parity_argmax_agreement']:.1%}")
+    if ort_format:
+        console.print(f"ORT format: {output / 'model.ort'}")

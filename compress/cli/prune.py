@@ -29,6 +29,7 @@ from compress.cli.app import (
     console,
     data_spec,
     load_model_from_options,
+    pass_config,
 )
 
 TargetsOpt = Annotated[list[str] | None, typer.Option("--targets", help="Glob of layer names to edit (repeat, or comma-separate).")]
@@ -71,11 +72,11 @@ def prune(
     common = dict(sparsity=sparsity, scope="global" if global_ else "layer", targets=_globs(targets),
                   exclude=_globs(exclude), recover=_recover(recover, data, epochs, max_steps, lr, batch_size, max_length))
     if structured:
-        cfg = _config(PruneStructuredConfig, unit=structured, importance=importance, round_to=round_to,
+        cfg = pass_config(PruneStructuredConfig, unit=structured, importance=importance, round_to=round_to,
                       **_given(depth=depth, layer_selection=layer_selection, calibration_blocks=calibration_blocks),
                       **common)
     else:
-        cfg = _config(PruneMagnitudeConfig, schedule=schedule, **common)
+        cfg = pass_config(PruneMagnitudeConfig, schedule=schedule, **common)
     metrics = _run(cfg, model, output, data, split, eval_split, limit, text_field, text_pair_field,
                    (task, num_labels, arch, allow_pickle, trust_remote_code))
     if structured:
@@ -104,7 +105,7 @@ def factorize(
     """Factorize MODEL's Linear/Conv layers by truncated SVD (two thinner layers each); skip layers with no FLOP saving."""
     from compress.passes.factorize import FactorizeConfig
 
-    cfg = _config(FactorizeConfig, rank_ratio=rank_ratio, energy=energy, rank=rank, round_to=round_to,
+    cfg = pass_config(FactorizeConfig, rank_ratio=rank_ratio, energy=energy, rank=rank, round_to=round_to,
                   targets=_globs(targets), exclude=_globs(exclude),
                   recover=_recover(recover, data, epochs, max_steps, lr, batch_size, max_length))
     metrics = _run(cfg, model, output, data, split, eval_split, limit, text_field, text_pair_field,
@@ -125,20 +126,6 @@ def _globs(values: list[str] | None) -> list[str]:
     return [g.strip() for v in values or [] for g in v.split(",") if g.strip()]
 
 
-def _config(cls, **kwargs):
-    """Build a pass config; a pydantic error becomes one CompressError line (exit 2)."""
-    from pydantic import ValidationError
-
-    from compress.core.errors import CompressError
-
-    try:
-        return cls(**kwargs)
-    except ValidationError as e:
-        err = e.errors()[0]
-        where = ".".join(str(x) for x in err["loc"]) or "options"
-        raise CompressError(f"invalid {where.replace('_', '-')}: {err['msg']}", "see --help for the allowed values") from None
-
-
 def _recover(on: bool, data, epochs, max_steps, lr, batch_size, max_length):
     from compress.core.errors import CompressError
     from compress.techniques.distill.recover import RecoverConfig
@@ -151,36 +138,25 @@ def _recover(on: bool, data, epochs, max_steps, lr, batch_size, max_length):
 
 
 def _run(cfg, model, output: Path, data, split, eval_split, limit, text_field, text_pair_field, load_opts) -> dict:
-    """Load the model (and data), run the pass, save atomically; returns the pass metrics."""
-    import json
-    import shutil
-
+    """Load the model (and data), then run the pass and save atomically (`compress.pipeline.apply`)."""
+    from compress.core.errors import CompressError
     from compress.core.paths import guard_output
     from compress.data.examples import load_examples
-    from compress.passes.base import DataBundle, PassContext, get_pass
+    from compress.passes.base import DataBundle
+    from compress.pipeline.apply import apply_pass
 
     guard_output(output, [model, data, load_opts[2]])
     loaded = load_model_from_options(model, *load_opts)
     if loaded.kind != "torch":
-        from compress.core.errors import CompressError
-
         raise CompressError(f"'{model}' is an ONNX model; {cfg.type} edits PyTorch models", "pass the PyTorch model")
     train = evals = None
     if cfg.recover is not None or data:  # training data for recovery; calibration text for decoder pruning
         train = load_examples(data_spec(data, split, text_field, text_pair_field, limit=limit))
         if eval_split:
             evals = load_examples(data_spec(data, eval_split, text_field, text_pair_field))
-    tmp, work = output.with_name(output.name + ".tmp"), output.with_name(output.name + ".work")
-    ctx = PassContext(teacher=None, data=DataBundle(train=train, eval=evals), workdir=work, progress=True)
-    result = get_pass(cfg.type).fn(loaded, cfg, ctx)
-    shutil.rmtree(tmp, ignore_errors=True)
-    result.model.save(tmp)
-    record = {"pass": cfg.type, "config": cfg.model_dump(mode="json"), "source": model, "metrics": result.metrics}
-    (tmp / "compress_pass.json").write_text(json.dumps(record, indent=2, default=str))
-    shutil.rmtree(output, ignore_errors=True)
-    tmp.rename(output)
-    shutil.rmtree(work, ignore_errors=True)
-    return result.metrics
+    record = {"pass": cfg.type, "config": cfg.model_dump(mode="json"), "source": model}
+    return apply_pass(loaded, cfg, output, data=DataBundle(train=train, eval=evals),
+                      record=record, progress=True).metrics
 
 
 def _unstructured_table(m: dict) -> None:

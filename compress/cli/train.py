@@ -13,7 +13,6 @@ Flagship (MiniLM-L6 on SST-2; teacher 88.5% test, ~14 min on 2 busy cores):
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import Annotated
 
@@ -73,11 +72,6 @@ def _load_data(data, split, eval_split, text_field, text_pair_field, label_field
     return train, evals
 
 
-def _workdir(output: Path) -> Path:
-    """Checkpoints live beside the output folder, which is only written (atomically) at the end."""
-    return output.parent / f".{output.name}.work"
-
-
 def _render(title: str, metrics: dict, output: Path) -> None:
     from rich.table import Table
 
@@ -108,8 +102,9 @@ def finetune(
 ) -> None:
     """Fine-tune MODEL on labelled data (cross-entropy, AdamW, warm-up/decay, best epoch kept) into OUTPUT."""
     from compress.core.paths import guard_output
+    from compress.passes.base import DataBundle
     from compress.passes.finetune import FinetuneConfig
-    from compress.training.finetune import run_finetune
+    from compress.pipeline.apply import apply_pass
 
     guard_output(output, [model, data, arch])
     train, evals = _load_data(data, split, eval_split, text_field, text_pair_field, label_field, limit, eval_limit)
@@ -119,8 +114,10 @@ def finetune(
         epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
         warmup_ratio=warmup_ratio, grad_clip=grad_clip, max_length=max_length, seed=seed, patience=patience,
         checkpoint_every=checkpoint_every, resume=resume, mixed_precision=mixed_precision))
-    metrics = run_finetune(_torch_only(loaded, model), train, cfg, _workdir(output), eval_examples=evals, progress=progress)
-    _finish(loaded, output, {"command": "finetune", "model": model, "config": cfg.model_dump(), **metrics})
+    result = apply_pass(_torch_only(loaded, model), cfg, output, data=DataBundle(train=train, eval=evals),
+                        record={"command": "finetune", "model": model, "config": cfg.model_dump()},
+                        record_file="metrics.json", metrics_key=None, progress=progress)
+    _done("finetune", result.metrics, output)
 
 
 @app.command()
@@ -152,9 +149,10 @@ def distill(
     """Distill TEACHER into STUDENT: α·T²·KL(teacher ‖ student) + (1-α)·CE, plus optional hidden/attention losses."""
     from compress.core.paths import guard_output
     from compress.models.causal import is_causal
+    from compress.passes.base import DataBundle
     from compress.passes.distill import DistillConfig
-    from compress.techniques.distill.api import distill as run_distill
-    from compress.techniques.distill.student import prepare_student
+    from compress.pipeline.apply import apply_pass
+    from compress.techniques.distill.student import check_student
 
     guard_output(output, [teacher, student, data])
     if student is not None and student.isdigit():
@@ -172,10 +170,12 @@ def distill(
         warmup_ratio=warmup_ratio, grad_clip=grad_clip, max_length=max_length, seed=seed, patience=patience,
         checkpoint_every=checkpoint_every, resume=resume, mixed_precision=mixed_precision,
         block_size=block_size, max_blocks=max_blocks, top_k=top_k, teacher_logits=teacher_logits))
-    s = prepare_student(t, s, cfg)
-    metrics = run_distill(s, t, train, cfg, _workdir(output), eval_examples=evals, progress=progress,
-                          cache_dir=cache_dir)
-    _finish(s, output, {"command": "distill", "teacher": teacher, "student": student, "config": cfg.model_dump(), **metrics})
+    check_student(s, cfg)  # the pass derives the student from the teacher when student_layers is given
+    result = apply_pass(s if s is not None else t, cfg, output, data=DataBundle(train=train, eval=evals), teacher=t,
+                        record={"command": "distill", "teacher": teacher, "student": student,
+                                "config": cfg.model_dump()},
+                        record_file="metrics.json", metrics_key=None, progress=progress, cache_dir=cache_dir)
+    _done("distill", result.metrics, output)
 
 
 def _default_task(model: str) -> str | None:
@@ -192,12 +192,9 @@ def _torch_only(loaded, name):
     return loaded
 
 
-def _finish(model, output: Path, metrics: dict) -> None:
-    """Save on the main process only (the others trained the same weights), then render."""
-    from compress.training.loop import process_state, save_trained
+def _done(command: str, metrics: dict, output: Path) -> None:
+    """Render on the main process only (the others trained the same weights; it alone saved them)."""
+    from compress.training.loop import process_state
 
     if process_state().is_main_process:
-        save_trained(model, output, metrics)
-        with contextlib.suppress(OSError):
-            _workdir(output).rmdir()  # only when the run left nothing in it
-        _render(f"{metrics['command']} -> {output}", metrics, output)
+        _render(f"{command} -> {output}", metrics, output)

@@ -41,6 +41,7 @@ class PassContext:
         workdir: the only folder a pass may write to.
         seed: seed for anything random.
         progress: True to show progress bars (passes log; the training loop owns its bar).
+        cache_dir: where distillation caches teacher outputs (None = under $COMPRESS_CACHE).
     """
 
     teacher: TorchModel | None
@@ -48,6 +49,7 @@ class PassContext:
     workdir: Path
     seed: int = 0
     progress: bool = True
+    cache_dir: Path | None = None
 
 
 @dataclass

@@ -26,5 +26,5 @@ def distill(model: TorchModel, cfg: DistillConfig, ctx: PassContext) -> PassResu
         raise CompressError("the distill pass needs a teacher", "run it inside a recipe that has a teacher")
     student = derive_student(model, cfg.student_layers, cfg.layer_map) if cfg.student_layers else model
     metrics = run_distill(student, ctx.teacher, ctx.data.train, cfg, ctx.workdir / "distill",
-                          eval_examples=ctx.data.eval, progress=ctx.progress)
+                          eval_examples=ctx.data.eval, progress=ctx.progress, cache_dir=ctx.cache_dir)
     return PassResult(student, metrics)

@@ -62,10 +62,15 @@ def _albert_student(teacher: TorchModel, module, k: int) -> TorchModel:
 
 def prepare_student(teacher: TorchModel, student: TorchModel | None, cfg: DistillSettings) -> TorchModel:
     """The student to train: `student` as given, or the teacher cut to `cfg.student_layers` layers."""
-    if student is not None and cfg.student_layers:
-        raise CompressError("both a student model and --student-layers were given", "pass one of them")
+    check_student(student, cfg)
     if student is None:
-        if not cfg.student_layers:
-            raise CompressError("no student", "pass a student model or a layer count (e.g. `compress distill TEACHER 3`)")
         student = derive_student(teacher, cfg.student_layers, cfg.layer_map)
     return student
+
+
+def check_student(student: TorchModel | None, cfg: DistillSettings) -> None:
+    """Exactly one of a student model and `cfg.student_layers` is given."""
+    if student is not None and cfg.student_layers:
+        raise CompressError("both a student model and --student-layers were given", "pass one of them")
+    if student is None and not cfg.student_layers:
+        raise CompressError("no student", "pass a student model or a layer count (e.g. `compress distill TEACHER 3`)")

@@ -22,10 +22,12 @@ import logging
 import numpy as np
 
 from compress.core.errors import CompressError
+from compress.data.causal import causal_texts, pack_blocks
 from compress.evaluation.causal import block_perplexity
 from compress.models.anatomy import decoder_layers
 from compress.models.artifacts import TorchModel
 from compress.models.modules import renumber_layers, swap_module
+from compress.techniques.prune.structured import PruneStructuredSettings
 
 log = logging.getLogger(__name__)
 
@@ -245,3 +247,30 @@ def prune_decoder(model: TorchModel, unit: str, blocks: np.ndarray, *, sparsity:
     else:
         raise CompressError(f"unknown decoder pruning unit '{unit}'", "use layers, neurons or heads")
     return info
+
+
+def prune_decoder_units(pruned: TorchModel, cfg: PruneStructuredSettings, calibration=None) -> dict:
+    """Causal LMs: layers, FFN neurons or GQA groups of `pruned` (a copy) scored on calibration text and removed in
+    place, the config rewritten; returns {"decoder": what was removed and why, "unit": cfg.unit}.
+
+    Args:
+        pruned: the copy to prune.
+        cfg: the structured-pruning settings (unit, sparsity or depth, layer selection, calibration blocks).
+        calibration: examples whose texts calibrate the importance scores (not needed for `layer_selection: even`).
+    """
+    if cfg.unit == "channels":
+        raise CompressError("unit channels is for conv/MLP networks", "prune decoders by layers, neurons or heads")
+    if cfg.targets or cfg.exclude:
+        raise CompressError("targets / exclude are not supported for decoder pruning (every layer keeps one width)",
+                            "remove them, or prune layers by depth")
+    if cfg.unit == "layers" and cfg.depth is not None:  # a bad depth fails before any text is read
+        check_depth(cfg.depth, len(decoder_layers(pruned.module)))
+    needs_text = not (cfg.unit == "layers" and cfg.layer_selection == "even")
+    if calibration is None and needs_text:
+        raise CompressError("decoder pruning scores units on calibration text, and none was given",
+                            "pass --data (recipes: data.calibration or data.train), or layer_selection: even")
+    blocks = (pack_blocks(pruned.tokenizer, causal_texts(calibration), cfg.calibration_block_size,
+                          cfg.calibration_blocks) if calibration is not None else None)
+    info = prune_decoder(pruned, cfg.unit, blocks, sparsity=cfg.sparsity, depth=cfg.depth,
+                         selection=cfg.layer_selection, round_to=cfg.round_to)
+    return {"decoder": info, "unit": cfg.unit}

@@ -1,0 +1,111 @@
+"""One pass on one model, as a one-stage pipeline: the engine behind `compress prune|quantize|train|export`.
+
+The command loads the model and data; `apply_pass` runs the registered pass with a work folder beside the output
+(so an interrupted training run resumes from its checkpoint), then writes the output folder atomically: the model
+(PyTorch: safetensors/state dict + manifest; ONNX: the exported or quantized folder) and a JSON record of the pass.
+The recipe runner keeps its artifacts with the same `keep_onnx` rule.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from compress.core.paths import guard_output
+from compress.models.artifacts import MANIFEST_FILE, OnnxModel, TorchModel
+from compress.passes.base import DataBundle, PassConfig, PassContext, PassResult, get_pass
+from compress.training.loop import process_state, save_trained
+
+RECORD_FILE = "compress_pass.json"
+
+
+def workdir_for(output: Path) -> Path:
+    """Checkpoints live beside the output folder, which is only written (atomically) at the end."""
+    return output.parent / f".{output.name}.work"
+
+
+def apply_pass(model: TorchModel | OnnxModel, cfg: PassConfig, output: str | Path, *, data: DataBundle | None = None,
+               teacher: TorchModel | None = None, record: dict[str, Any] | None = None,
+               record_file: str = RECORD_FILE, metrics_key: str | None = "metrics", progress: bool = True,
+               cache_dir: Path | None = None) -> PassResult:
+    """Run pass `cfg.type` on `model` and save its output model to `output` atomically.
+
+    Args:
+        model: the loaded input model (never modified by a pass that edits a copy).
+        cfg: the pass config (its `type` names the registered pass).
+        output: the folder written at the end; it appears complete or not at all.
+        data: train / eval / calibration examples for the pass.
+        teacher: the reference model of distillation passes.
+        record: what the JSON record holds besides the pass's metrics (default: pass, config, source).
+        record_file: the record's file name inside `output`.
+        metrics_key: the record key that holds the pass's metrics; None merges them into the record.
+        progress: show the pass's progress bars.
+        cache_dir: where teacher outputs are cached (distillation; default under $COMPRESS_CACHE).
+    """
+    output = Path(output)
+    info = get_pass(cfg.type)
+    ctx = PassContext(teacher=teacher, data=data or DataBundle(), workdir=workdir_for(output), progress=progress,
+                      cache_dir=cache_dir)
+    result = info.fn(model, cfg, ctx)
+    if not process_state().is_main_process:  # the other training processes hold the same weights
+        return result
+    head = record if record is not None else {"pass": cfg.type, "config": cfg.model_dump(mode="json"),
+                                               "source": getattr(model, "source", "")}
+    body = {**head, metrics_key: result.metrics} if metrics_key else {**head, **result.metrics}
+    save_output(result.model, output, body, record_file)
+    shutil.rmtree(ctx.workdir, ignore_errors=True)
+    return result
+
+
+def save_output(model: TorchModel | OnnxModel, output: Path, record: dict, record_file: str = RECORD_FILE) -> Path:
+    """Write `model` and its JSON record into `output`, replacing it as a whole (temp folder, then rename)."""
+    if isinstance(model, TorchModel):
+        out = save_trained(model, output, record)  # the model, and the record as metrics.json
+        if record_file != "metrics.json":
+            os.replace(out / "metrics.json", out / record_file)
+        return out
+    guard_output(output, [model.source])
+    tmp = output.with_name(f".{output.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    keep_onnx(model, tmp, into="")
+    (tmp / record_file).write_text(json.dumps(record, indent=2, default=str))
+    if output.exists():
+        shutil.rmtree(output)
+    os.replace(tmp, output)
+    model.path = output / model.path.name
+    return output
+
+
+def keep_onnx(out: OnnxModel, folder: Path, into: str = "model") -> dict:
+    """Make `folder` hold the ONNX model `out` with what reloading it needs (tokenizer, task manifest): a model
+    already inside `folder` stays where it is, one elsewhere is copied into `folder/into`. Returns the artifact
+    record {"kind": "onnx", "path": the .onnx file relative to `folder`}."""
+    source = out.path.parent.resolve()
+    if folder.resolve() not in source.parents and source != folder.resolve():
+        shutil.copytree(source, folder / into, dirs_exist_ok=True)
+        source = (folder / into).resolve()
+    if out.tokenizer is not None and not (source / "tokenizer_config.json").exists():
+        out.tokenizer.save_pretrained(source)
+    if not (source / MANIFEST_FILE).exists():
+        (source / MANIFEST_FILE).write_text(json.dumps({"format": 1, "task": out.task, "input_names": out.input_names}))
+    return {"kind": "onnx", "path": str((source / out.path.name).relative_to(folder.resolve()))}
+
+
+def load_check_examples(model, data: str | None, split: str | None = None, text_field: str = "text",
+                        text_pair_field: str | None = None, limit: int | None = None):
+    """Real inputs for a command's checks (export parity, quantization budgets): labelled-or-not examples for
+    classifiers; for causal LMs the texts of any text source, `.txt` files included. None without `data`."""
+    from compress.data.causal import TextSource, load_texts
+    from compress.data.examples import DataSpec, Examples, load_examples
+    from compress.models.causal import is_causal
+
+    if not data:
+        return None
+    if is_causal(model):
+        return Examples(texts=load_texts(TextSource(data, split=split, text_field=text_field))[: limit or None])
+    return load_examples(DataSpec(source=data, split=split, text_field=text_field, text_pair_field=text_pair_field,
+                                  limit=limit))

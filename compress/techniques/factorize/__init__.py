@@ -1,0 +1,1 @@
+"""Factorization: SVD low-rank replacement of Linear/Conv layers by factor pairs."""
