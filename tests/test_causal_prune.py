@@ -240,7 +240,7 @@ def test_mismatched_tokenizers_are_refused(llama, tmp_path):
      "prune decoders by layers, neurons or heads"),
     (["prune", "tiny:bert", "-o", "{tmp}/p", "--structured", "layers", "--depth", "1"], "decoder layers of causal LMs"),
     (["prune", "tiny:llama", "-o", "{tmp}/p", "--structured", "layers", "--depth", "1", "--layer-selection", "best"],
-     "invalid layer-selection"),
+     "unknown layer-selection"),
     (["distill", "tiny:llama", "{tmp}/other-tokenizer", "-o", "{tmp}/s", "--data", "{txt}"], "different tokenizers"),
 ])
 def test_bad_decoder_input_is_one_line(cli, tmp_path, llama, args, message):

@@ -85,7 +85,7 @@ def test_settings_reach_the_pass_and_a_skipped_stage_hands_over_its_input():
 
 
 def test_trial_recipe_scores_validation_only_and_keeps_the_candidates_stages():
-    from compress.pipeline.search import trial_recipe
+    from compress.pipeline.trial import trial_recipe
 
     recipe = parse_recipe(tiny(fidelity={"validation_limit": 16, "overrides": {"prune.recover.max_steps": 2}}))
     full = trial_recipe(recipe, {"prune.sparsity": 0.5})
@@ -164,7 +164,7 @@ def test_dry_run_prints_the_space(cli, tmp_path):
 def _check_best(folder, study_rows: list[dict]) -> dict:
     """best/ holds a loadable model that meets the budget and is the best feasible trial so far."""
     from compress.models.load import load_model
-    from compress.pipeline.search import read_best
+    from compress.pipeline.study import read_best
 
     best = read_best(folder)
     assert best is not None
@@ -179,10 +179,11 @@ def test_killed_search_resumes_without_repeating_finished_trials(tmp_path, monke
     from optuna.trial import TrialState
 
     from compress.pipeline import search as lib
+    from compress.pipeline import trial as trials
 
     # setup: the third trial is interrupted (Ctrl-C) in the middle
     recipe = parse_recipe(tiny())
-    real, calls = lib.score, []
+    real, calls = trials.score, []
 
     def interrupted(ctx, settings, fidelity):
         calls.append(settings)
@@ -190,7 +191,7 @@ def test_killed_search_resumes_without_repeating_finished_trials(tmp_path, monke
             raise KeyboardInterrupt
         return real(ctx, settings, fidelity)
 
-    monkeypatch.setattr(lib, "score", interrupted)
+    monkeypatch.setattr(trials, "score", interrupted)
     # execute
     with pytest.raises(KeyboardInterrupt):
         lib.search(recipe, runs_dir=tmp_path, finalize=False)
@@ -202,7 +203,7 @@ def test_killed_search_resumes_without_repeating_finished_trials(tmp_path, monke
     _check_best(folder, [r for r in lib.trial_rows(study) if r["state"] == "complete"])
     # execute: resume
     calls.clear()
-    monkeypatch.setattr(lib, "score", lambda ctx, settings, fidelity: calls.append(settings) or real(ctx, settings, fidelity))
+    monkeypatch.setattr(trials, "score", lambda ctx, settings, fidelity: calls.append(settings) or real(ctx, settings, fidelity))
     results = lib.search(recipe, runs_dir=tmp_path, finalize=False)
     # assert: only the interrupted trial (first, same settings) and the remaining one ran
     assert len(calls) == 2
@@ -220,24 +221,24 @@ def test_killed_search_resumes_without_repeating_finished_trials(tmp_path, monke
 def test_a_trial_of_a_killed_process_is_requeued(tmp_path):
     from optuna.trial import TrialState
 
-    from compress.pipeline import search as lib
+    from compress.pipeline.study import open_study, resume_study
 
     # setup: a RUNNING trial whose process is gone (kill -9)
     recipe = parse_recipe(tiny())
-    study = lib.open_study(recipe, tmp_path)
+    study = open_study(recipe, tmp_path)
     trial = study.ask()
     trial.suggest_categorical("prune.sparsity", [0.25, 0.5, 0.9])
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     trial.set_user_attr("pid", int(dead.stdout))
     trial.set_user_attr("host", __import__("socket").gethostname())
     # execute
-    again = lib.recover(study)
+    again = resume_study(study)
     # assert
     assert again == [trial.number]
     states = [t.state for t in study.get_trials()]
     assert states == [TrialState.FAIL, TrialState.WAITING]
     assert study.get_trials()[1].system_attrs["fixed_params"] == trial.params  # run first, same settings
-    assert lib.recover(study) == []  # not queued twice
+    assert resume_study(study) == []  # not queued twice
 
 
 def test_best_always_meets_the_budget_and_the_test_split_is_read_only_after_the_choice(tmp_path, monkeypatch,
@@ -364,7 +365,7 @@ def test_idle_workers_are_waited_for_until_they_sleep(monkeypatch):
 
 def test_a_trial_waits_while_another_terminal_holds_the_run_folder(monkeypatch):
     from compress.pipeline import runner as pipeline
-    from compress.pipeline import search as lib
+    from compress.pipeline import trial as trials
 
     calls = []
 
@@ -375,8 +376,8 @@ def test_a_trial_waits_while_another_terminal_holds_the_run_folder(monkeypatch):
         return {"ok": True}
 
     monkeypatch.setattr(pipeline, "run", busy_once)
-    monkeypatch.setattr(lib, "LOCK_RETRY_S", 0.0)
-    assert lib._run_pipeline(parse_recipe(tiny()), None, False) == {"ok": True} and len(calls) == 2
+    monkeypatch.setattr(trials, "LOCK_RETRY_S", 0.0)
+    assert trials.run_pipeline(parse_recipe(tiny()), None, False) == {"ok": True} and len(calls) == 2
 
 
 def test_cli_search_writes_the_report_and_resumes(cli, tmp_path, one_thread):

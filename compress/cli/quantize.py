@@ -25,6 +25,7 @@ from compress.cli.app import (
     data_spec,
     err_console,
     load_model_from_options,
+    pass_config,
 )
 
 
@@ -65,80 +66,78 @@ def quantize(
     input_shape: InputShapeOpt = None,
 ) -> None:
     """Quantize MODEL (HF folder, .pt + --arch, or .onnx) and save the settings beside it."""
-    from pydantic import ValidationError
-
     from compress.core.errors import CompressError
     from compress.core.paths import guard_output
     from compress.data.examples import load_examples
+    from compress.passes.base import DataBundle
+    from compress.passes.quantize import QuantizeOrtConfig
+    from compress.passes.quantize_torch import QuantizeTorchConfig
+    from compress.pipeline.apply import load_check_examples
+    from compress.techniques.quantize.api import check_inputs
 
     inputs = [model, arch, calibration_data, eval_data]
     guard_output(output, inputs)
     if json_out is not None:
         guard_output(json_out, inputs, kind="file", what="--json")
     loaded = load_model_from_options(model, task, num_labels, arch, allow_pickle, trust_remote_code, input_shape)
-    fields = dict(text_field=text_field, text_pair_field=text_pair_field, label_field=label_field)
     if torch_int8:
-        return _torch(loaded, output, exclude or [], json_out)
-    from compress.passes.quantize import QuantizeOrtConfig
-
-    try:
-        cfg = QuantizeOrtConfig(mode=mode, per_channel=per_channel, weight_type=weight_type, reduce_range=reduce_range,
-                                calibration_method=calibration_method, percentile=percentile,
-                                calibration_samples=calibration_samples, op_types=op_types or None,
-                                exclude=exclude or [], optimize=optimize, max_drop=max_drop, sensitivity=sensitivity,
-                                granularity=granularity, eval_samples=eval_limit, device=device, ort_format=ort_format,
-                                block_size=block_size, symmetric=symmetric, accuracy_level=accuracy_level or None,
-                                head=head, budget_metric=budget_metric)
-    except ValidationError as e:
-        err = e.errors()[0]
-        raise CompressError(f"--{'-'.join(map(str, err['loc'])).replace('_', '-')}: {err['msg']}", "see compress quantize --help") from None
-    from compress.models.causal import is_causal
-
-    if is_causal(loaded):
-        texts = None
-        if eval_data:
-            from compress.data.causal import TextSource, load_texts
-
-            texts = load_texts(TextSource(eval_data, split=eval_split, text_field=text_field))
-        return _causal(loaded, output, cfg, texts, json_out)
-    if cfg.mode == "int4":
-        raise CompressError("--mode int4 (weight-only MatMulNBits) is for causal LMs", "use --mode dynamic for this model")
+        if loaded.kind != "torch":
+            raise CompressError("--torch needs a PyTorch model", "pass an HF folder or .pt, or drop --torch for ONNX")
+        metrics = _apply(loaded, QuantizeTorchConfig(exclude=exclude or []), output, DataBundle(), json_out)
+        console.print(f"PyTorch int8 ({metrics['backend']}): {metrics['quantized_linears']} Linear layers quantized, "
+                      f"{metrics['size_fp32_mb']:.1f} MB -> {metrics['size_mb']:.1f} MB, saved to {output}")
+        return
+    cfg = pass_config(QuantizeOrtConfig, mode=mode, per_channel=per_channel, weight_type=weight_type,
+                      reduce_range=reduce_range, calibration_method=calibration_method, percentile=percentile,
+                      calibration_samples=calibration_samples, op_types=op_types or None, exclude=exclude or [],
+                      optimize=optimize, max_drop=max_drop, sensitivity=sensitivity, granularity=granularity,
+                      eval_samples=eval_limit, device=device, ort_format=ort_format, block_size=block_size,
+                      symmetric=symmetric, accuracy_level=accuracy_level or None, head=head,
+                      budget_metric=budget_metric)
     calibration = None
     if calibration_data:
+        fields = dict(text_field=text_field, text_pair_field=text_pair_field, label_field=label_field)
         calibration = load_examples(data_spec(calibration_data, calibration_split, limit=calibration_samples, **fields)
                                     .model_copy(update={"shuffle": True}))
-    examples = load_examples(data_spec(eval_data, eval_split, limit=eval_limit, **fields)) if eval_data else None
-    from compress.techniques.quantize.ort import check_inputs
+    examples = load_check_examples(loaded, eval_data, eval_split, text_field, text_pair_field, eval_limit,
+                                   label_field=label_field, limit_texts=False)
+    check_inputs(loaded, cfg, calibration, examples)  # before the progress bar: a bad input is one line, nothing else
+    metrics = _run_with_progress(loaded, cfg, output, DataBundle(eval=examples, calibration=calibration), json_out)
+    if "head" in metrics["settings"]:  # a decoder (weight-only or int8 with its lm_head setting)
+        return _render_causal(metrics, output)
+    _render(metrics, output)
 
-    check_inputs(cfg, calibration, examples)  # before the progress bar: a bad input is one line, nothing else
-    result = _run_with_progress(loaded, output, cfg, calibration, examples)
-    _render(result, output)
+
+def _apply(loaded, cfg, output: Path, data, json_out, on_progress=None) -> dict:
+    """One pass through the shared engine (load -> pass -> atomic save); the metrics also go to --json."""
+    from compress.pipeline.apply import apply_pass
+
+    metrics = apply_pass(loaded, cfg, output, data=data, on_progress=on_progress).metrics
     if json_out:
-        json_out.write_text(json.dumps(result.metrics, indent=2, default=float))
+        json_out.write_text(json.dumps(metrics, indent=2, default=float))
+    return metrics
 
 
-def _run_with_progress(loaded, output, cfg, calibration, examples):
+def _run_with_progress(loaded, cfg, output, data, json_out) -> dict:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from compress.techniques.quantize.ort import quantize as run_quantize
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True, disable=not console.is_terminal) as progress:
-        bars: dict = {}
+        # Exporting comes first for a PyTorch model (decoders: with the KV-cache parity check): no count to show.
+        bars: dict = {"start": progress.add_task("exporting and quantizing", total=None)}
 
         def on_progress(stage: str, done: int, total: int) -> None:
             if stage not in bars:
                 bars[stage] = progress.add_task(stage, total=total)
             progress.update(bars[stage], completed=done, total=total)
 
-        return run_quantize(loaded, output, cfg, calibration=calibration, eval_examples=examples,
-                            on_progress=on_progress)
+        return _apply(loaded, cfg, output, data, json_out, on_progress=on_progress)
 
 
-def _render(result, output: Path) -> None:
+def _render(m: dict, output: Path) -> None:
     from rich.table import Table
 
-    m, s = result.metrics, result.settings["resolved"]
+    s = m["settings"]
     table = Table("", "value", title=f"quantized -> {output}")
     table.add_row("mode", f"{s['mode']} ({s['format']}), optimized: {s['optimized']}")
     if s["mode"] != "fp16":
@@ -177,18 +176,14 @@ def _render(result, output: Path) -> None:
         for e in m["excluded"]:
             excl.add_row(e["node"], e["reason"])
         console.print(excl)
-    for w in result.warnings:
+    for w in m["warnings"]:
         err_console.print(f"[yellow]warning:[/] {w}")
 
 
-def _causal(loaded, output: Path, cfg, texts, json_out) -> None:
+def _render_causal(m: dict, output: Path) -> None:
     from rich.table import Table
 
-    from compress.techniques.quantize.causal import quantize_causal
-
-    with console.status("quantizing (a causal LM is exported first, with the KV-cache parity check)"):
-        result = quantize_causal(loaded, output, cfg, eval_texts=texts)
-    m, s = result.metrics, result.settings["resolved"]
+    s = m["settings"]
     table = Table("", "value", title=f"quantized -> {output}")
     table.add_row("mode", f"{s['mode']} ({s['format']}), lm_head {s['head']}")
     if s["mode"] == "int4":
@@ -208,18 +203,5 @@ def _causal(loaded, output: Path, cfg, texts, json_out) -> None:
         for r in m["sensitivity"]:
             sens.add_row(str(r["rank"]), r["unit"], f"{r['perplexity']:.3f}", f"{100 * r['ppl_increase']:+.2f}", f"{r['kl']:.2e}")
         console.print(sens)
-    for w in result.warnings:
+    for w in m["warnings"]:
         err_console.print(f"[yellow]warning:[/] {w}")
-    if json_out:
-        json_out.write_text(json.dumps(result.metrics, indent=2, default=float))
-
-
-def _torch(loaded, output: Path, exclude: list[str], json_out) -> None:
-    from compress.passes.quantize_torch import QuantizeTorchConfig, quantize_torch_model
-
-    result = quantize_torch_model(loaded, output, QuantizeTorchConfig(exclude=exclude))
-    m = result.metrics
-    console.print(f"PyTorch int8 ({m['backend']}): {m['quantized_linears']} Linear layers quantized, "
-                  f"{m['size_fp32_mb']:.1f} MB -> {m['size_mb']:.1f} MB, saved to {output}")
-    if json_out:
-        json_out.write_text(json.dumps(m, indent=2, default=float))

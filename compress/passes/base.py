@@ -42,6 +42,9 @@ class PassContext:
         seed: seed for anything random.
         progress: True to show progress bars (passes log; the training loop owns its bar).
         cache_dir: where distillation caches teacher outputs (None = under $COMPRESS_CACHE).
+        on_progress: callback(stage, done, total) for passes that report progress (quantization searches).
+        score_eval: report quality on `data.eval` even where the pass needs it only for a budget (the single-pass
+            commands ask for it; a pipeline scores every stage itself).
     """
 
     teacher: TorchModel | None
@@ -50,6 +53,8 @@ class PassContext:
     seed: int = 0
     progress: bool = True
     cache_dir: Path | None = None
+    on_progress: Callable[[str, int, int], None] | None = None
+    score_eval: bool = False
 
 
 @dataclass

@@ -1,76 +1,21 @@
 """Pass `quantize_ort`: TorchModel or OnnxModel -> int8 (dynamic or calibrated static QDQ) or fp16 ONNX via ONNX
-Runtime, with an optional accuracy budget (per-layer sensitivity, sensitive layers kept fp32)."""
+Runtime, with an optional accuracy budget (per-layer sensitivity, sensitive layers kept fp32). The technique
+(settings, graph inspection, variants, sensitivity, the causal-LM flow) is `compress.techniques.quantize`."""
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
-
-from compress.core.errors import CompressError
-from compress.models.causal import is_causal
-from compress.passes.base import PassConfig, PassContext, PassResult, register_pass
-from compress.techniques.quantize.causal import quantize_causal
-from compress.techniques.quantize.ort import load_settings, quantize
+from compress.passes.base import PassContext, PassResult, register_pass
+from compress.techniques.quantize import config as quantize_config
+from compress.techniques.quantize.api import quantize
+from compress.techniques.quantize.config import QuantizeSettings
 
 
-class QuantizeOrtConfig(PassConfig):
+class QuantizeOrtConfig(QuantizeSettings):
     """Quantize with ONNX Runtime. Defaults are the measured transformer-safe choices (toolchain.md §4-5, §10)."""
-    type: Literal["quantize_ort"] = "quantize_ort"
-    mode: Literal["dynamic", "static", "fp16", "int4", "weight_only"] = Field(
-        "dynamic", description="dynamic: int8 weights, activations quantized at run time (best on CPU); "
-        "static: int8 QDQ with calibrated activation ranges (needs calibration data); fp16: for the CUDA provider; "
-        "int4: weight-only 4-bit MatMulNBits (causal LMs); weight_only: MatMulNBits with `bits` (4 or 8).")
-    bits: Literal[4, 8] = Field(8, description="weight_only: bits per weight (int4 mode is always 4).")
-    algorithm: Literal["rtn", "hqq"] = Field(
-        "rtn", description="int4/weight_only: rtn = round to nearest; hqq = half-quadratic scale/zero search "
-        "(no data needed, less error at 4 bits).")
-    block_size: int = Field(32, description="int4: weights per quantization block along the input dimension "
-                                            "(16, 32, 64, 128 or 256).")
-    symmetric: bool = Field(False, description="int4: symmetric blocks (no zero point); asymmetric keeps a minimum.")
-    accuracy_level: int | None = Field(
-        4, ge=0, le=4, description="int4: MatMulNBits compute type: 4 = int8 compute (fastest on CPU), 1 = fp32, "
-        "0/None = unset.")
-    head: Literal["int8", "fp32", "int4"] = Field(
-        "int8", description="Causal LMs: precision of the output head (lm_head); int4 there makes small models repeat.")
-    budget_metric: Literal["perplexity", "kl"] = Field(
-        "perplexity", description="Causal LMs: what max_drop bounds: relative perplexity increase (0.03 = +3%) "
-        "or mean per-token KL to the fp32 model.")
-    block_tokens: int = Field(128, ge=8, description="Causal LMs: tokens per held-out block of the budget search.")
-    per_channel: bool = Field(True, description="One weight scale per output channel (MiniLM cosine 0.99 vs 0.96).")
-    weight_type: Literal["auto", "qint8", "quint8"] = Field("auto", description="Weight integer type; auto = qint8.")
-    reduce_range: bool | None = Field(
-        None, description="7-bit weights; None = auto: on when the CPU has no VNNI (recorded with the reason).")
-    calibration_method: Literal["minmax", "entropy", "percentile"] = Field(
-        "minmax", description="Static mode: how activation ranges are chosen from the calibration data.")
-    percentile: float = Field(99.999, gt=90, le=100, description="Static percentile calibration: kept percentile.")
-    calibration_samples: int = Field(256, ge=1, description="Static mode: calibration examples used (one per run).")
-    op_types: list[str] | None = Field(
-        None, description="Op types to quantize; None = transformer-safe default (dynamic: MatMul, Gemm, Attention, "
-        "Gather, EmbedLayerNormalization; static: MatMul/Gemm with constant weights, embedding Gather).")
-    exclude: list[str] = Field([], description="Node names or globs kept in fp32; each must match a node.")
-    optimize: Literal["auto", "transformer", "none"] = Field(
-        "auto", description="Fuse with onnxruntime.transformers first (Attention, SkipLayerNorm...); auto = on for "
-        "BERT-family models in dynamic/fp16 mode, off in static mode (fused Attention has no QDQ form).")
-    max_drop: float | None = Field(
-        None, ge=0, lt=1, description="Accuracy budget vs fp32 on the eval data (0.01 = 1 pt): keep the most "
-        "sensitive layers in fp32 until met. Needs labelled eval data.")
-    sensitivity: Literal["all_but_one", "alone"] = Field(
-        "all_but_one", description="Sensitivity: quantize all but one unit, or one unit alone; ranked by the output KL it accounts for.")
-    granularity: Literal["layer", "node"] = Field("layer", description="Sensitivity unit: transformer layer or node.")
-    max_excluded_units: int | None = Field(None, ge=1, description="At most this many units kept fp32 (None = half).")
-    eval_samples: int | None = Field(None, ge=1, description="Eval examples used by the budget search (None = all).")
-    device: Literal["cpu", "cuda"] = Field(
-        "cpu", description="Target device: cuda checks nodes per execution provider and warns about CPU fallback.")
-    ort_format: bool = Field(False, description="Also write model.ort.")
 
-    @model_validator(mode="after")
-    def _fp16_has_no_int8_options(self):
-        if self.mode == "fp16" and self.max_drop is not None:
-            raise ValueError("max_drop searches int8 sensitivity; it does not apply to mode fp16")
-        if self.block_size not in (16, 32, 64, 128, 256):
-            raise ValueError("block_size must be 16, 32, 64, 128 or 256")
-        return self
+    type: Literal["quantize_ort"] = "quantize_ort"
 
 
 @register_pass(QuantizeOrtConfig, accepts=("torch", "onnx"), returns="onnx")
@@ -81,29 +26,19 @@ def quantize_ort(model, cfg: QuantizeOrtConfig, ctx: PassContext) -> PassResult:
     reduce_range with its reason, CPU flags), excluded (node, reason), providers, and with `max_drop`:
     accuracy_fp32, accuracy, drop, budget_met, sensitivity (rows per unit) and search (steps).
     """
-
-    if is_causal(model):
-        texts = ctx.data.eval.texts if cfg.max_drop is not None and ctx.data.eval is not None else None
-        result = quantize_causal(model, ctx.workdir / "quantized", cfg, eval_texts=texts, work_dir=ctx.workdir)
-        return PassResult(result.model, {**result.metrics, "warnings": result.warnings})
-    if cfg.mode == "int4":
-        raise CompressError("int4 weight-only quantization is for causal LMs", "use --mode dynamic for this model")
+    # The eval data is read only under a budget, or when the caller asks for the figure (scoring without need
+    # would only slow a pipeline stage down: the pipeline scores every stage itself).
+    wanted = cfg.max_drop is not None or ctx.score_eval
     result = quantize(model, ctx.workdir / "quantized", cfg, calibration=ctx.data.calibration,
-                      eval_examples=ctx.data.eval if cfg.max_drop is not None else None, work_dir=ctx.workdir)
+                      eval_data=ctx.data.eval if wanted else None, work_dir=ctx.workdir, on_progress=ctx.on_progress)
     return PassResult(result.model, {**result.metrics, "warnings": result.warnings})
 
 
 def load_config(folder) -> QuantizeOrtConfig:
     """The config a quantized folder was made with (from its quantization.json)."""
-    return QuantizeOrtConfig.model_validate(load_settings(folder)["config"])
+    return quantize_config.load_config(folder, QuantizeOrtConfig)
 
 
 def replay_config(folder) -> QuantizeOrtConfig:
     """A config that re-creates the saved model exactly: resolved types fixed, the final exclusions listed, no search."""
-    settings = load_settings(folder)
-    resolved = settings["resolved"]
-    fixed = {"max_drop": None, "exclude": resolved["excluded_nodes"], "op_types": resolved["op_types"],
-             "optimize": resolved["optimized"]}
-    if settings["config"]["mode"] != "fp16":
-        fixed.update(weight_type=resolved["weight_type"], reduce_range=resolved["reduce_range"])
-    return QuantizeOrtConfig.model_validate({**settings["config"], **fixed})
+    return quantize_config.replay_config(folder, QuantizeOrtConfig)

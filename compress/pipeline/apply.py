@@ -30,7 +30,7 @@ def workdir_for(output: Path) -> Path:
 def apply_pass(model: TorchModel | OnnxModel, cfg: PassConfig, output: str | Path, *, data: DataBundle | None = None,
                teacher: TorchModel | None = None, record: dict[str, Any] | None = None,
                record_file: str = RECORD_FILE, metrics_key: str | None = "metrics", progress: bool = True,
-               cache_dir: Path | None = None) -> PassResult:
+               cache_dir: Path | None = None, on_progress=None) -> PassResult:
     """Run pass `cfg.type` on `model` and save its output model to `output` atomically.
 
     Args:
@@ -44,11 +44,14 @@ def apply_pass(model: TorchModel | OnnxModel, cfg: PassConfig, output: str | Pat
         metrics_key: the record key that holds the pass's metrics; None merges them into the record.
         progress: show the pass's progress bars.
         cache_dir: where teacher outputs are cached (distillation; default under $COMPRESS_CACHE).
+        on_progress: callback(stage, done, total) for the pass's progress.
     """
     output = Path(output)
     info = get_pass(cfg.type)
+    # A single command asks for the quality figures its data allows (a pipeline scores stages itself).
     ctx = PassContext(teacher=teacher, data=data or DataBundle(), workdir=workdir_for(output), progress=progress,
-                      cache_dir=cache_dir)
+                      cache_dir=cache_dir, on_progress=on_progress, score_eval=True)
+    ctx.workdir.mkdir(parents=True, exist_ok=True)
     result = info.fn(model, cfg, ctx)
     if not process_state().is_main_process:  # the other training processes hold the same weights
         return result
@@ -71,7 +74,7 @@ def save_output(model: TorchModel | OnnxModel, output: Path, record: dict, recor
     tmp = output.with_name(f".{output.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    keep_onnx(model, tmp, into="")
+    keep_onnx(model, tmp, into="", move=True)
     (tmp / record_file).write_text(json.dumps(record, indent=2, default=str))
     if output.exists():
         shutil.rmtree(output)
@@ -80,13 +83,19 @@ def save_output(model: TorchModel | OnnxModel, output: Path, record: dict, recor
     return output
 
 
-def keep_onnx(out: OnnxModel, folder: Path, into: str = "model") -> dict:
+def keep_onnx(out: OnnxModel, folder: Path, into: str = "model", move: bool = False) -> dict:
     """Make `folder` hold the ONNX model `out` with what reloading it needs (tokenizer, task manifest): a model
-    already inside `folder` stays where it is, one elsewhere is copied into `folder/into`. Returns the artifact
-    record {"kind": "onnx", "path": the .onnx file relative to `folder`}."""
+    already inside `folder` stays where it is, one elsewhere is copied (or, with `move`, moved: a work folder's
+    output) into `folder/into`. Returns the artifact record {"kind": "onnx", "path": the .onnx file relative to
+    `folder`}."""
     source = out.path.parent.resolve()
     if folder.resolve() not in source.parents and source != folder.resolve():
-        shutil.copytree(source, folder / into, dirs_exist_ok=True)
+        if move:
+            for item in source.iterdir():
+                (folder / into).mkdir(parents=True, exist_ok=True)
+                shutil.move(str(item), folder / into / item.name)
+        else:
+            shutil.copytree(source, folder / into, dirs_exist_ok=True)
         source = (folder / into).resolve()
     if out.tokenizer is not None and not (source / "tokenizer_config.json").exists():
         out.tokenizer.save_pretrained(source)
@@ -96,9 +105,11 @@ def keep_onnx(out: OnnxModel, folder: Path, into: str = "model") -> dict:
 
 
 def load_check_examples(model, data: str | None, split: str | None = None, text_field: str = "text",
-                        text_pair_field: str | None = None, limit: int | None = None):
+                        text_pair_field: str | None = None, limit: int | None = None, *, label_field: str = "label",
+                        limit_texts: bool = True):
     """Real inputs for a command's checks (export parity, quantization budgets): labelled-or-not examples for
-    classifiers; for causal LMs the texts of any text source, `.txt` files included. None without `data`."""
+    classifiers; for causal LMs the texts of any text source, `.txt` files included (cut to `limit` only with
+    `limit_texts`: a decoder's budget counts blocks, not texts). None without `data`."""
     from compress.data.causal import TextSource, load_texts
     from compress.data.examples import DataSpec, Examples, load_examples
     from compress.models.causal import is_causal
@@ -106,6 +117,7 @@ def load_check_examples(model, data: str | None, split: str | None = None, text_
     if not data:
         return None
     if is_causal(model):
-        return Examples(texts=load_texts(TextSource(data, split=split, text_field=text_field))[: limit or None])
+        texts = load_texts(TextSource(data, split=split, text_field=text_field))
+        return Examples(texts=texts[: limit or None] if limit_texts else texts)
     return load_examples(DataSpec(source=data, split=split, text_field=text_field, text_pair_field=text_pair_field,
-                                  limit=limit))
+                                  label_field=label_field, limit=limit))

@@ -6,11 +6,11 @@ name and renamed into place with `done.json` inside, so a folder either is compl
 a crash or Ctrl-C the next run reuses every finished stage, and changing one pass recomputes only that stage
 and the stages downstream of it. Evaluation logits are cached beside each stage too; latency is measured
 fresh by one interleaved `bench` call over all stages (one process per model, the project's only protocol).
+Scoring lives in `score`, the results dict in `results`; this module runs the stages and holds their cache.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -21,46 +21,21 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from compress.core.errors import CompressError
-from compress.core.paths import write_atomic
-from compress.data.causal import PROMPTS
-from compress.models.causal import CAUSAL_TASK, is_causal
-from compress.pipeline.recipe import MODEL_REF, TEACHER_REF, Recipe, plan, recipe_dict
+from compress.pipeline import results
+from compress.pipeline.recipe import MODEL_REF, TEACHER_REF, Recipe, plan
+from compress.pipeline.results import digest, jsonable
+from compress.pipeline.score import score_stages, time_stages
 
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1  # bump when the layout of a stage folder changes
-SCHEMA_VERSION = 1  # results.json schema
 DONE_FILE = "done.json"
 # Training inside a stage checkpoints this often (unless its config says otherwise) and resumes after a crash.
 STAGE_CHECKPOINT_EVERY = 50
 RECORD_FILE = "record.json"
 
 Event = Callable[..., None]  # on_event(kind, **info): "stage" (start/done), "eval", "bench"
-
-
-def digest(obj: Any) -> str:
-    """Short stable hash of JSON-able data."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
-def jsonable(obj: Any) -> Any:
-    """Pass metrics as plain JSON data (numpy scalars and arrays, tuples, paths)."""
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return None
-    if obj is None or isinstance(obj, (bool, int, float, str)):
-        return obj
-    return str(obj)
 
 
 class Runner:
@@ -76,8 +51,6 @@ class Runner:
         self.reused: set[str] = set()  # stages taken from the cache in this run
         self.load_kwargs = {k: v for k, v in {"task": recipe.task, "num_labels": recipe.num_labels}.items() if v}
         self.keys = self._keys()
-        self._teacher_model = None  # causal LMs: the reference every stage's KL is measured against
-        self._teacher_generations = None  # ...and its greedy tokens, computed once
 
     # --- keys and folders --------------------------------------------------------------------------------------
 
@@ -105,6 +78,10 @@ class Runner:
     def is_done(self, name: str) -> bool:
         return (self.stage_dir(name) / DONE_FILE).exists()
 
+    def record(self, name: str) -> dict:
+        """What a finished stage recorded: its pass, config, seconds, metrics and artifact."""
+        return json.loads((self.stage_dir(name) / RECORD_FILE).read_text())
+
     # --- data and models ---------------------------------------------------------------------------------------
 
     def examples(self, split: str):
@@ -128,8 +105,7 @@ class Runner:
             return self.recipe.model
         if ref == TEACHER_REF and self.recipe.teacher_stage() is None:
             return self.recipe.teacher_source()
-        record = json.loads((self.stage_dir(ref) / RECORD_FILE).read_text())
-        return str(self.stage_dir(ref) / record["artifact"]["path"])
+        return str(self.stage_dir(ref) / self.record(ref)["artifact"]["path"])
 
     def load(self, ref: str):
         """A fresh copy of `ref`'s model (passes may change their input in place)."""
@@ -167,6 +143,7 @@ class Runner:
     def _run_stage(self, step, teacher) -> None:
         from compress.models.artifacts import OnnxModel
         from compress.passes.base import PassContext, get_pass
+        from compress.pipeline.apply import keep_onnx
 
         stage = self.recipe.stage(step.name)
         final = self.stage_dir(step.name)
@@ -193,7 +170,7 @@ class Runner:
         os.replace(work, tmp / "work")  # the stage folder keeps its work folder, as before
         shutil.rmtree(keep, ignore_errors=True)
         if isinstance(out, OnnxModel):
-            artifact = self._keep_onnx(out, tmp)
+            artifact = keep_onnx(out, tmp)
         else:
             out.save(tmp / "model")
             artifact = {"kind": "torch", "path": "model"}
@@ -205,22 +182,7 @@ class Runner:
         (tmp / DONE_FILE).write_text(json.dumps({"key": self.keys[step.name]}))
         os.replace(tmp, final)  # the stage appears complete or not at all
 
-    @staticmethod
-    def _keep_onnx(out, tmp: Path) -> dict:
-        """Make sure an ONNX output lives in the stage folder with what reloading it needs (tokenizer, task)."""
-        from compress.models.artifacts import MANIFEST_FILE
-
-        folder = out.path.parent.resolve()
-        if tmp.resolve() not in folder.parents and folder != tmp.resolve():
-            shutil.copytree(folder, tmp / "model")  # the pass returned a model outside its workdir
-            folder = (tmp / "model").resolve()
-        if out.tokenizer is not None and not (folder / "tokenizer_config.json").exists():
-            out.tokenizer.save_pretrained(folder)
-        if not (folder / MANIFEST_FILE).exists():
-            (folder / MANIFEST_FILE).write_text(json.dumps({"format": 1, "task": out.task, "input_names": out.input_names}))
-        return {"kind": "onnx", "path": str((folder / out.path.name).relative_to(tmp.resolve()))}
-
-    # --- evaluation --------------------------------------------------------------------------------------------
+    # --- what the report shows ---------------------------------------------------------------------------------
 
     def entries(self) -> list[dict]:
         """The stages the report shows, teacher first: name, source, record (None for a teacher source)."""
@@ -232,71 +194,9 @@ class Runner:
         for step in self.steps:
             if step.name == teacher_stage or step.evaluate:
                 entry = {"name": step.name, "ref": step.name, "dir": self.stage_dir(step.name),
-                         "record": json.loads((self.stage_dir(step.name) / RECORD_FILE).read_text())}
+                         "record": self.record(step.name)}
                 out.insert(0 if step.name == teacher_stage else len(out), entry)
         return out
-
-    def evaluate(self, entry: dict) -> dict:
-        """Logits on the eval split and size of one stage, cached in its folder by the eval settings."""
-        from compress.evaluation.accuracy import score
-        from compress.evaluation.size import model_size
-        from compress.runtime.predict import predict
-
-        ev = self.recipe.eval
-        spec = self.recipe.data.spec("eval")
-        key = digest({"data": spec.model_dump(), "batch_size": ev.batch_size, "max_length": ev.max_length})
-        folder: Path = entry["dir"]
-        cached_json, cached_npz = folder / f"eval-{key}.json", folder / f"eval-{key}.npz"
-        if cached_json.exists() and cached_npz.exists():
-            arrays = np.load(cached_npz)
-            return {**json.loads(cached_json.read_text()), "logits": arrays["logits"]}
-        causal_json = folder / f"eval-causal-{digest({'key': key, 'block': [ev.block_size, ev.max_blocks, ev.new_tokens]})}.json"
-        if causal_json.exists():
-            return json.loads(causal_json.read_text())
-        from compress.data.examples import iter_batches
-
-        model = self.load(entry["ref"])
-        if is_causal(model):
-            return self._evaluate_causal(entry, model, causal_json)
-        examples = self.examples("eval")
-        logits, labels = predict(model, iter_batches(model, examples, ev.batch_size, ev.max_length), threads=ev.threads)
-        facts = {"metrics": score(logits, labels, examples.num_labels), "size": jsonable(model_size(model)),
-                 "kind": model.kind, "source": self.source(entry["ref"])}
-        folder.mkdir(parents=True, exist_ok=True)
-        write_atomic(cached_npz, lambda p: np.savez(p, logits=logits), suffix=".npz")
-        write_atomic(cached_json, lambda p: p.write_text(json.dumps(facts, indent=2)))
-        return {**facts, "logits": logits}
-
-
-    def _evaluate_causal(self, entry: dict, model, cached: Path) -> dict:
-        """Perplexity on `data.eval` blocks, KL / top-1 / greedy agreement with the teacher (the teacher's own
-        greedy tokens are computed once, in its evaluation, and reused for every stage)."""
-        from compress.data.causal import pack_blocks, prompt_ids
-        from compress.evaluation.causal import evaluate_causal
-        from compress.evaluation.size import model_size
-
-        ev = self.recipe.eval
-        examples = self.examples("eval")
-        blocks = pack_blocks(model.tokenizer, list(examples.texts), ev.block_size, ev.max_blocks)
-        teacher_entry = self.entries()[0]
-        is_teacher = entry["name"] == teacher_entry["name"]
-        if not is_teacher:
-            if self._teacher_generations is None:  # the teacher's own (cached) evaluation holds its greedy tokens
-                self._teacher_generations = self.evaluate(teacher_entry)["metrics"]["generations"]
-            if self._teacher_model is None:
-                self._teacher_model = self.load(teacher_entry["ref"])
-        metrics = evaluate_causal(model, blocks, reference=None if is_teacher else self._teacher_model,
-                                  prompts=prompt_ids(model.tokenizer), max_new_tokens=ev.new_tokens,
-                                  threads=ev.threads, reference_generations=self._teacher_generations)
-        if is_teacher:
-            self._teacher_generations = metrics["generations"]
-            metrics.update({"kl": 0.0, "top1_agreement": 1.0, "greedy_prefix": float(ev.new_tokens),
-                            "greedy_agreement": 1.0})
-        facts = {"metrics": metrics, "size": jsonable(model_size(model)), "kind": model.kind,
-                 "source": self.source(entry["ref"]), "causal": True}
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(cached, lambda p: p.write_text(json.dumps(facts, indent=2)))
-        return facts
 
 
 def run(recipe: Recipe, *, runs_dir: str | Path = "runs", fresh: bool = False, on_event: Event | None = None,
@@ -322,72 +222,18 @@ def run(recipe: Recipe, *, runs_dir: str | Path = "runs", fresh: bool = False, o
 def _run_locked(runner: Runner, recipe: Recipe, fresh: bool) -> dict:
     import torch
 
-    from compress.evaluation.accuracy import agreement
-    from compress.evaluation.latency.bench import bench
-    from compress.evaluation.latency.environment import environment, physical_cores
-
     if fresh:
         shutil.rmtree(runner.root, ignore_errors=True)
     if recipe.eval.threads:
         torch.set_num_threads(recipe.eval.threads)
     runner.run_stages()
     entries = runner.entries()
-    emit = runner.emit
-    evals = []
-    for i, entry in enumerate(entries):
-        emit("eval", name=entry["name"], index=i, total=len(entries))
-        evals.append(runner.evaluate(entry))
-    teacher_logits = evals[0].get("logits")
-    spec = recipe.eval.latency
-    timing: dict = {"results": [], "environment": None}
-    if spec is not None:
-        timing = bench([e["source"] for e in evals], spec, labels=[e["name"] for e in entries],
-                       load_kwargs=runner.load_kwargs, on_progress=lambda d, t: emit("bench", done=d, total=t))
-    threads = (spec.threads if spec else None) or recipe.eval.threads or physical_cores()
-    stages = []
-    for entry, ev in zip(entries, evals, strict=False):
-        record = entry["record"] or {}
-        size = ev["size"]
-        rows = [{k: v for k, v in r.items() if k != "model"}  # every figure the bench measured, per shape
-                for r in timing["results"] if r["model"] == entry["name"]]
-        stage = recipe.stage(entry["name"]) if record else None
-        stages.append({
-            "name": entry["name"], "pass": record.get("pass"), "from": record.get("from"),
-            "note": stage.note if stage else None, "is_teacher": entry is entries[0],
-            "is_baseline": entry["name"] in recipe.baselines, "config": record.get("config"),
-            "seconds": record.get("seconds"), "cached": entry["name"] in runner.reused, "pass_metrics": record.get("metrics", {}), "kind": ev["kind"],
-            "backend": "onnxruntime" if ev["kind"] == "onnx" else "pytorch", "path": ev["source"],
-            "accuracy": ev["metrics"].get("accuracy"), "metrics": ev["metrics"],
-            "agreement": agreement(ev["logits"], teacher_logits) if not ev.get("causal") else {
-                k: ev["metrics"].get(k) for k in ("kl", "top1_agreement", "greedy_prefix", "greedy_agreement")},
-            **({"task": CAUSAL_TASK, "perplexity": ev["metrics"]["perplexity"]} if ev.get("causal") else {}),
-            "size_mb": round(size["size_mb"], 3), "zipped_mb": round(size["zipped_mb"], 3), "params": size["params"],
-            "nonzero_fraction": round(size["nonzero_fraction"], 4), "latency": rows,
-        })
-    lineage = []
-    for step in runner.steps:  # every stage that ran, evaluated or not (per-layer tables come from here)
-        record = json.loads((runner.stage_dir(step.name) / RECORD_FILE).read_text())
-        lineage.append({"name": step.name, "pass": step.pass_type, "from": step.input, "seconds": record["seconds"],
-                        "cached": step.name in runner.reused, "evaluated": step.evaluate,
-                        "config": record["config"], "pass_metrics": record["metrics"]})
-    primary = recipe.eval.primary_shape()
-    environment_info = dict(timing["environment"] or environment(threads))
-    environment_info["env"] = {k: os.environ[k] for k in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
-                               if k in os.environ}
-    return {
-        "schema": SCHEMA_VERSION, "recipe": recipe.name, "description": recipe.description,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "environment": environment_info,
-        "eval": {"data": recipe.data.spec("eval").model_dump(), "examples": len(runner.examples("eval")),
-                 "batch_size": recipe.eval.batch_size, "max_length": recipe.eval.max_length,
-                 **({"task": CAUSAL_TASK, "block_size": recipe.eval.block_size, "max_blocks": recipe.eval.max_blocks,
-                     "new_tokens": recipe.eval.new_tokens, "prompts": len(PROMPTS)} if evals[0].get("causal") else {})},
-        "latency_spec": timing.get("spec"), "primary": primary.model_dump() if primary else None,
-        "goals": recipe.goals.model_dump() if recipe.goals else None,
-        "teacher": entries[0]["name"], "baselines": list(recipe.baselines),
-        "run_dir": str(runner.root), "recipe_config": recipe_dict(recipe), "stages": stages,
-        "pipeline": lineage,
-    }
+    evals = score_stages(runner, entries)
+    timing = time_stages(runner, entries, evals)
+    stages = results.stage_rows(recipe, entries, evals, timing, runner.reused)
+    records = {step.name: runner.record(step.name) for step in runner.steps}
+    return results.build(recipe, stages=stages, lineage=results.lineage_rows(runner.steps, records, runner.reused),
+                         evals=evals, timing=timing, examples=len(runner.examples("eval")), run_dir=str(runner.root))
 
 
 def recipe_inputs(recipe: Recipe) -> list[str]:

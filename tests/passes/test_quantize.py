@@ -48,7 +48,8 @@ def _cfg(**kw):
 
 
 def test_dynamic_counts_integer_matmuls_and_keeps_outputs(fp32_bert, examples, tmp_path):
-    from compress.techniques.quantize.ort import count_ops, quantize
+    from compress.techniques.quantize.graph import count_ops
+    from compress.techniques.quantize.ort import quantize
 
     # execute: unfused graph, so every weight MatMul/Gemm maps to one MatMulInteger
     result = quantize(fp32_bert, tmp_path / "q", _cfg(optimize="none"))
@@ -62,7 +63,8 @@ def test_dynamic_counts_integer_matmuls_and_keeps_outputs(fp32_bert, examples, t
 
 
 def test_dynamic_on_fused_graph_uses_qattention(fp32_bert, examples, tmp_path):
-    from compress.techniques.quantize.ort import count_ops, quantize
+    from compress.techniques.quantize.graph import count_ops
+    from compress.techniques.quantize.ort import quantize
 
     result = quantize(fp32_bert, tmp_path / "q", _cfg())  # auto: BERT family -> transformer fusions first
     ops = count_ops(result.model.path)["ops"]
@@ -72,7 +74,8 @@ def test_dynamic_on_fused_graph_uses_qattention(fp32_bert, examples, tmp_path):
 
 
 def test_exclusions_are_honoured(fp32_bert, tmp_path):
-    from compress.techniques.quantize.ort import count_ops, quantize
+    from compress.techniques.quantize.graph import count_ops
+    from compress.techniques.quantize.ort import quantize
 
     result = quantize(fp32_bert, tmp_path / "q", _cfg(optimize="none", exclude=["*layer.1/*", "/inner/classifier/Gemm"]))
     counts = count_ops(result.model.path)
@@ -84,7 +87,8 @@ def test_exclusions_are_honoured(fp32_bert, tmp_path):
 
 @pytest.mark.parametrize("method", ["minmax", "entropy", "percentile"])
 def test_static_calibration_methods_run(fp32_bert, examples, tmp_path, method):
-    from compress.techniques.quantize.ort import count_ops, quantize
+    from compress.techniques.quantize.graph import count_ops
+    from compress.techniques.quantize.ort import quantize
 
     result = quantize(fp32_bert, tmp_path / "q", _cfg(mode="static", calibration_method=method, calibration_samples=12),
                       calibration=examples)
@@ -111,7 +115,9 @@ def test_settings_reload_and_replay(fp32_bert, examples, tmp_path):
     from compress.data.examples import iter_batches
     from compress.passes.quantize import load_config, replay_config
     from compress.runtime.predict import predict
-    from compress.techniques.quantize.ort import count_ops, load_settings, quantize
+    from compress.techniques.quantize.graph import count_ops
+    from compress.techniques.quantize.ort import quantize
+    from compress.techniques.quantize.result import load_settings
 
     cfg = _cfg(optimize="none", exclude=["*layer.0/output/*"])
     first = quantize(fp32_bert, tmp_path / "a", cfg)
@@ -139,7 +145,7 @@ def test_max_drop_writes_sensitivity_table(fp32_bert, examples, tmp_path):
 
 
 def test_budget_search_keeps_sensitive_units_until_within_budget(tmp_path, monkeypatch):
-    from compress.techniques.quantize import ort as q
+    from compress.techniques.quantize import sensitivity as q
 
     # setup: a fake quantizer/scorer where each fp32 unit recovers accuracy by its weight
     recover = {"a": 0.02, "b": 0.005, "c": 0.001}

@@ -19,7 +19,8 @@ def test_quantize_torch_swaps_linears_and_reloads(tmp_path):
     from compress.data.examples import sample_texts
     from compress.models.builders import build_tiny
     from compress.models.load import load_model
-    from compress.passes.quantize_torch import QuantizeTorchConfig, quantize_torch_model
+    from compress.passes.quantize_torch import QuantizeTorchConfig
+    from compress.techniques.quantize.pytorch import quantize_torch_model
 
     # setup
     reference = build_tiny("bert")
@@ -39,7 +40,7 @@ def test_quantize_torch_swaps_linears_and_reloads(tmp_path):
 
 def test_quantize_torch_bad_exclude():
     from compress.models.builders import build_tiny
-    from compress.passes.quantize_torch import select_linears
+    from compress.techniques.quantize.pytorch import select_linears
 
     with pytest.raises(CompressError, match="matches no Linear"):
         select_linears(build_tiny("bert").module, ["*"], ["*nothing*"])

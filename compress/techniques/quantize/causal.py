@@ -1,5 +1,5 @@
 """Quantization of causal language models with ONNX Runtime: dynamic int8 and int4 weight-only (MatMulNBits),
-with a perplexity (or KL) budget. Called by `compress.techniques.quantize.ort.quantize` for `text-generation` models.
+with a perplexity (or KL) budget. Called by `compress.techniques.quantize.api.quantize` for `text-generation` models.
 
 Decisions, each measured on SmolLM2-135M on our 2-core AVX2 CPU (shared/notes/causal-lm.md):
 - decode is memory-bound (every token reads every weight): ORT fp32 17.5 tok/s, int8 71, int4 78 at b1;
@@ -29,17 +29,10 @@ import numpy as np
 from compress.core.errors import CompressError
 from compress.evaluation.causal import evaluate_causal
 from compress.models.artifacts import MANIFEST_FILE, OnnxModel, TorchModel
-from compress.techniques.quantize.ort import (
-    SETTINGS_FILE,
-    SETTINGS_FORMAT,
-    QuantizeResult,
-    count_ops,
-    cpu_int8_profile,
-    layer_of,
-    load_graph,
-    match_exclusions,
-    resolve_int8_types,
-)
+from compress.techniques.quantize.config import QuantizeSettings
+from compress.techniques.quantize.graph import count_ops, layer_of, load_graph, match_exclusions
+from compress.techniques.quantize.hardware import cpu_int8_profile, resolve_int8_types
+from compress.techniques.quantize.result import SETTINGS_FILE, SETTINGS_FORMAT, QuantizeResult
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +77,8 @@ def causal_unit(name: str) -> str:
     return layer_of([name]) or name
 
 
-def make_causal_variant(src: Path, out: Path, cfg, nodes: list[str], exclude: list[str], types: dict,
-                        upgrade: list[str] | None = None) -> Path:
+def make_causal_variant(src: Path, out: Path, cfg: QuantizeSettings, nodes: list[str], exclude: list[str],
+                        types: dict, upgrade: list[str] | None = None) -> Path:
     """Write `src` quantized per `cfg` (dynamic int8, or MatMulNBits weight-only) with `exclude` kept fp32 and, in
     weight-only modes, `upgrade` at 8 bits instead of 4 (the budget's fallback); returns `out`."""
     import onnx
@@ -139,7 +132,7 @@ def make_causal_variant(src: Path, out: Path, cfg, nodes: list[str], exclude: li
     return out
 
 
-def weight_bits(cfg) -> int:
+def weight_bits(cfg: QuantizeSettings) -> int:
     """Bits of the decoder weights in weight-only mode (int4 = 4; weight_only = cfg.bits)."""
     return 4 if cfg.mode == "int4" else cfg.bits
 
@@ -171,19 +164,28 @@ class _Scorer:
                 "ppl_increase": m["perplexity"] / self.base["perplexity"] - 1}
 
 
-def budget_value(cfg, m: dict) -> float:
+def budget_value(cfg: QuantizeSettings, m: dict) -> float:
     return m["kl"] if cfg.budget_metric == "kl" else m["ppl_increase"]
 
 
-def quantize_causal(model: TorchModel | OnnxModel, out_dir: str | Path, cfg, *, eval_texts: list[str] | None = None,
-                    work_dir: str | Path | None = None,
+def check_causal_inputs(cfg: QuantizeSettings, eval_texts) -> None:
+    """CompressError for a mode decoders do not take, or a budget without held-out text."""
+    if cfg.mode not in ("dynamic", "int4", "weight_only"):
+        raise CompressError(f"mode '{cfg.mode}' is not available for causal LMs",
+                            "use --mode int4 or weight_only (MatMulNBits), or dynamic (int8)")
+    if cfg.max_drop is not None and not eval_texts:
+        raise CompressError("--max-drop needs held-out text for a causal LM", "pass --eval-data with a text field")
+
+
+def quantize_causal(model: TorchModel | OnnxModel, out_dir: str | Path, cfg: QuantizeSettings, *,
+                    eval_texts: list[str] | None = None, work_dir: str | Path | None = None,
                     on_progress: Callable[[str, int, int], None] | None = None) -> QuantizeResult:
     """Quantize a causal LM into `out_dir` (an `ORTModelForCausalLM` folder + quantization.json).
 
     Args:
         model: a causal TorchModel (exported first, with the KV-cache parity check) or an fp32 causal OnnxModel.
         out_dir: output folder, written atomically.
-        cfg: `QuantizeOrtConfig` with mode "dynamic" (int8) or "int4".
+        cfg: `QuantizeSettings` with mode "dynamic" (int8) or "int4".
         eval_texts: held-out texts for the budget (`cfg.max_drop`: relative perplexity increase, or KL).
         work_dir: where temporary graphs go.
         on_progress: callback(stage, done, total).
@@ -191,11 +193,7 @@ def quantize_causal(model: TorchModel | OnnxModel, out_dir: str | Path, cfg, *, 
     import onnx
 
     started = time.perf_counter()
-    if cfg.mode not in ("dynamic", "int4", "weight_only"):
-        raise CompressError(f"mode '{cfg.mode}' is not available for causal LMs",
-                            "use --mode int4 or weight_only (MatMulNBits), or dynamic (int8)")
-    if cfg.max_drop is not None and not eval_texts:
-        raise CompressError("--max-drop needs held-out text for a causal LM", "pass --eval-data with a text field")
+    check_causal_inputs(cfg, eval_texts)
     out_dir = Path(out_dir)
     progress = on_progress or (lambda *a: None)
     with tempfile.TemporaryDirectory(dir=work_dir) as tmp_name:
@@ -306,8 +304,8 @@ def _as_causal_onnx(model, out: Path) -> OnnxModel:
     return export_causal(model, out).model
 
 
-def _budget_search(cfg, scorer: _Scorer, src: Path, tmp: Path, nodes, user_excluded, types, chosen, progress,
-                   on_better: Callable[[Path, int], None] = lambda path, step: None):
+def _budget_search(cfg: QuantizeSettings, scorer: _Scorer, src: Path, tmp: Path, nodes, user_excluded, types, chosen,
+                   progress, on_better: Callable[[Path, int], None] = lambda path, step: None):
     """Greedy: rank units (decoder layers, head) by the budget metric each costs alone (only that unit quantized),
     then move the worst to the fallback precision (8 bits for 4-bit modes, fp32 for dynamic) one at a time until
     the budget is met or `max_excluded_units` is reached. The best model so far is published after each step."""
@@ -351,12 +349,12 @@ def _budget_search(cfg, scorer: _Scorer, src: Path, tmp: Path, nodes, user_exclu
     return best_path, _summary(cfg, steps, best, table, units, scorer)
 
 
-def fallback_bits(cfg) -> int:
+def fallback_bits(cfg: QuantizeSettings) -> int:
     """What a sensitive unit becomes in the budget search: 8-bit MatMulNBits for 4-bit weight-only, else fp32."""
     return 8 if cfg.mode != "dynamic" and weight_bits(cfg) == 4 else 32
 
 
-def _summary(cfg, steps, best, table, units, scorer) -> dict:
+def _summary(cfg: QuantizeSettings, steps, best, table, units, scorer) -> dict:
     pick = steps[best]
     kept_as = "8-bit" if fallback_bits(cfg) == 8 else "fp32"
     excluded = [{"node": n, "unit": u, "reason": f"kept {kept_as} to meet --max-drop {cfg.max_drop} ({cfg.budget_metric})"}
