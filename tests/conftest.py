@@ -94,3 +94,28 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+# --- a tiny decoder, its KV-cache ONNX export and text blocks (shared by the causal tests) ---
+
+
+@pytest.fixture(scope="session")
+def llama():
+    from compress.models.load import load_model
+
+    return load_model("tiny:llama")
+
+
+@pytest.fixture(scope="session")
+def llama_onnx(llama, tmp_path_factory):
+    from compress.export.causal import export_causal
+
+    return export_causal(llama, tmp_path_factory.mktemp("x") / "onnx")
+
+
+@pytest.fixture(scope="session")
+def blocks(llama):
+    from compress.data.causal import pack_blocks
+    from compress.data.examples import sample_texts
+
+    return pack_blocks(llama.tokenizer, sample_texts() * 6, 32, max_blocks=6)

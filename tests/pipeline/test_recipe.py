@@ -11,7 +11,7 @@ import yaml
 from compress.core.errors import CompressError
 from compress.pipeline.recipe import dump_recipe, load_recipe, parse_recipe, plan
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RECIPES = sorted((ROOT / "recipes").glob("*.yaml")) + sorted((ROOT / "tests" / "recipes").glob("*.yaml"))
 
 
