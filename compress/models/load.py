@@ -214,10 +214,8 @@ def _load_hf(source, task, num_labels, trust_remote_code, allow_pickle=False) ->
     kwargs = {"trust_remote_code": trust_remote_code}
     if task == "text-classification" and num_labels is not None:
         kwargs["num_labels"] = num_labels
-    # Eager attention exports to a graph ONNX Runtime can fuse into its Attention kernel (toolchain.md §4).
-    # Decoders keep transformers' default (SDPA): that is how their users run them, and optimum exports it.
-    if task != CAUSAL_TASK:
-        kwargs["attn_implementation"] = "eager"
+    # Transformers' default attention (SDPA), as users run the model and as the bench times it. On transformers
+    # < 4.58 (our pin) the legacy ONNX export of SDPA attention still fuses into ORT's Attention kernel.
     if allow_pickle:
         kwargs["weights_only"] = False  # a pickled pytorch_model.bin, trusted by the user
     from transformers.utils import logging as hf_logging

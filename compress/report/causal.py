@@ -160,7 +160,7 @@ def summarize(results: dict) -> dict:
 
 STAGE_COLUMNS = ["stage", "pass", "from", "backend", "perplexity", "Δ ppl %", "KL", "top-1 %", "greedy prefix",
                  "size MB", "params", "decode tok/s", "TTFT ms", "speedup", "x same precision", "goals"]
-RECOVERY_COLUMNS = ["stage", "pruned", "params", "objective", "teacher", "tokens", "train s", "tok/s",
+RECOVERY_COLUMNS = ["stage", "pruned", "params", "objective", "teacher", "tokens seen", "train s", "tok/s",
                     "held-out ppl before", "after", "eval ppl"]
 CLI_COLUMNS = ["stage", "backend", "perplexity", "Δ ppl %", "KL", "size MB", "decode tok/s", "speedup", "goals"]
 LATENCY_COLUMNS = ["stage", "backend", "device", "batch", "prompt", "prefill tok/s", "TTFT ms", "decode tok/s",
@@ -235,10 +235,17 @@ def recovery_rows(results: dict) -> list[list[str]]:
                      else "CE (next token)")
         stage = evals.get(name) or {}
         rows.append([name, pruned, f"{stage.get('params') or m.get('params_after') or 0:,}", objective, rec.get("teacher_logits") or "-",
-                     f"{rec.get('token_budget') or 0:,}", _f(rec.get("seconds"), "{:.0f}"), _f(rec.get("tokens_per_s"), "{:.0f}"),
+                     _tokens_seen(rec), _f(rec.get("seconds"), "{:.0f}"), _f(rec.get("tokens_per_s"), "{:.0f}"),
                      _f(rec.get("heldout_perplexity_before"), "{:.2f}"), _f(rec.get("heldout_perplexity_after"), "{:.2f}"),
                      _f(stage.get("perplexity"), "{:.3f}")])
     return rows
+
+
+def _tokens_seen(rec: dict) -> str:
+    """Tokens the kept checkpoint saw (of the run's budget); older results only know the budget."""
+    if rec.get("tokens_seen") is None:
+        return f"{rec.get('token_budget') or 0:,} (budget)"
+    return f"{rec['tokens_seen']:,} of {rec.get('token_budget') or 0:,}"
 
 
 def latency_rows(results: dict) -> list[list[str]]:

@@ -1,4 +1,4 @@
-"""The machine a measurement ran on: CPU model and flags, cores, threads, library versions, wait policy."""
+"""The machine a measurement ran on: CPU model and flags, cores, threads, kernel, library versions, wait policy."""
 
 from __future__ import annotations
 
@@ -12,10 +12,14 @@ def physical_cores() -> int:
     return psutil.cpu_count(logical=False) or os.cpu_count() or 1
 
 
-def environment(threads: int) -> dict:
-    """CPU model and the flags that decide int8 speed, threads, GPU, and library versions."""
+# Flags that decide int8/bf16 speed; every avx512* and amx* flag the CPU has is kept too.
+WANTED_FLAGS = ("avx2", "fma", "avx_vnni", "avx_vnni_int8", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile",
+                "amx_int8", "amx_bf16")
+
+
+def cpu_info() -> tuple[str, list[str]]:
+    """CPU model name and its speed-relevant flags (from /proc/cpuinfo; the platform's name elsewhere)."""
     import platform
-    from importlib.metadata import PackageNotFoundError, version
 
     cpu, flags = platform.processor() or platform.machine(), set()
     cpuinfo = Path("/proc/cpuinfo")
@@ -26,16 +30,37 @@ def environment(threads: int) -> dict:
             if line.startswith("flags"):
                 flags = set(line.split(":", 1)[1].split())
                 break
-    wanted = ["avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16"]
+    extra = sorted(f for f in flags if f.startswith(("avx512", "amx")) and f not in WANTED_FLAGS)
+    return cpu, [f for f in WANTED_FLAGS if f in flags] + extra
+
+
+def environment(threads: int, *, wait_policies: dict[str, str] | None = None, load_before: float | None = None,
+                load_after: float | None = None) -> dict:
+    """CPU model and the flags that decide int8 speed, cores, threads, kernel, GPU, library versions, and (from a
+    bench) the wait policy of each backend and the 1-minute load average before and after it.
+
+    Args:
+        threads: the intra-op threads of the measurement.
+        wait_policies: backend -> `policy_record` of its workers.
+        load_before: load average when the bench started; load_after: when it ended.
+    """
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    cpu, flags = cpu_info()
     versions = {}
     for pkg in ("compress", "torch", "onnxruntime", "onnxruntime-gpu", "onnx", "transformers", "optimum", "optimum-onnx"):
         try:
             versions[pkg] = version(pkg)
         except PackageNotFoundError:
             pass
-    env = {"cpu": cpu, "cpu_flags": [f for f in wanted if f in flags], "physical_cores": physical_cores(),
-           "logical_cores": os.cpu_count(), "threads": threads, "python": platform.python_version(),
-           "platform": platform.platform(), "versions": versions}
+    env = {"cpu": cpu, "cpu_flags": flags, "physical_cores": physical_cores(),
+           "logical_cores": os.cpu_count(), "threads": threads, "kernel": platform.release(),
+           "python": platform.python_version(), "platform": platform.platform(), "versions": versions}
+    if wait_policies is not None:
+        env["wait_policy"] = dict(wait_policies)
+    if load_before is not None or load_after is not None:
+        env.update(load_before=load_before, load_after=load_after)
     import torch
 
     if torch.cuda.is_available():

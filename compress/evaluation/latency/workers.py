@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from compress.core.errors import CompressError
+from compress.evaluation.latency import memory
 from compress.evaluation.latency.timing import time_runs
-from compress.models.causal import is_causal
+from compress.models.causal import CAUSAL_TASK, is_causal
 from compress.runtime.causal import CausalRunner
 
 ONNX_SUFFIXES = (".onnx", ".ort")
@@ -86,9 +87,19 @@ def _sync(device: str, is_onnx: bool) -> Callable[[], None]:
 
 
 class _LocalWorker:
-    """Times one model in this process (used when isolate=False and by the worker process itself)."""
+    """Times one model in this process (used when isolate=False and by the worker process itself).
 
-    def __init__(self, source: str, device: str, threads: int, load_kwargs: dict | None = None):
+    Args:
+        isolated: True in a worker process (a fresh interpreter of its own), False in the bench's process.
+    """
+
+    def __init__(self, source: str, device: str, threads: int, load_kwargs: dict | None = None,
+                 isolated: bool = False):
+        # Peak memory from here on (see `memory`): reset the high-water mark before anything is loaded.
+        if memory.reset_peak():
+            self.rss_method = "clear_refs" if isolated else "in_process"
+        else:  # a fresh interpreter's VmHWM is its own; the bench's process needs one started for it
+            self.rss_method = "fresh_interpreter" if isolated else None
         import torch
 
         from compress.models.artifacts import OnnxModel
@@ -101,6 +112,9 @@ class _LocalWorker:
         self.causal = is_causal(self.model)
         self.info: dict = {"backend": "onnxruntime" if self.is_onnx else "pytorch", "device": device,
                            "task": self.model.task, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
+        config = getattr(getattr(self.model, "module", None), "config", None)
+        if not self.is_onnx and hasattr(config, "_attn_implementation"):  # eager / sdpa / ...: as it was loaded
+            self.info["attn_implementation"] = config._attn_implementation
         if self.causal:  # decoders are timed through the same runner that scores them
             self.runner = CausalRunner(self.model, device=device, threads=threads)
             self.session = getattr(self.runner, "session", None)
@@ -113,6 +127,7 @@ class _LocalWorker:
         else:
             self.model.module.to(device).eval()
             self.info["providers"] = [f"torch-{device}"]
+        self.info["load_rss_mb"] = memory.status_mb("VmHWM")  # peak while loading (runtime + model + session)
 
     def inputs(self, batch_size: int, seq_len: int) -> dict:
         """Full-length inputs of real vocabulary tokens (text) or random images: no padding to skip."""
@@ -194,10 +209,11 @@ class _LocalWorker:
         return {"prefill_ms": prefill, "decode_ms": decode}
 
     def peak_memory(self) -> dict:
-        """Peak resident memory of this worker process (model load included), in MB."""
-        import resource
-
-        out = {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+        """Peak resident memory (VmHWM, MB) after loading (`load_rss_mb`) and so far, timed runs included
+        (`peak_rss_mb`), and how it was read (`rss_method`, see `memory`); peak CUDA memory of torch models.
+        In the bench's process (`in_process`) the figures are the whole process's, not this model's alone."""
+        out = {"peak_rss_mb": memory.status_mb("VmHWM"), "load_rss_mb": self.info.get("load_rss_mb"),
+               "rss_method": self.rss_method}
         if self.device == "cuda" and not self.is_onnx:
             import torch
 
@@ -290,3 +306,19 @@ class _ProcessWorker:
             self.proc.kill()
         finally:
             self.stderr.close()
+
+
+def fresh_memory(source: str, device: str, threads: int, load_kwargs: dict | None, wait_policy: str,
+                 shapes: list[tuple[int, int]], new_tokens: int) -> dict:
+    """Peak memory of one model read in a freshly started interpreter (for in-process benches where the peak of
+    the bench's own process cannot be reset): load it, run every shape once, read its VmHWM."""
+    worker = _ProcessWorker(source, device, threads, load_kwargs, wait_policy)
+    try:
+        for b, s in shapes:
+            if worker.info.get("task") == CAUSAL_TASK:
+                worker.run_causal(b, s, 0, 1, new_tokens)
+            else:
+                worker.run(b, s, 0, 1)
+        return {**worker.peak_memory(), "rss_method": "fresh_interpreter"}
+    finally:
+        worker.close()

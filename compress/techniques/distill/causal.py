@@ -250,11 +250,17 @@ def run_causal_distillation(student: TorchModel, teacher: TorchModel, texts: lis
     teacher.module.to("cpu")
     # The loop scored every epoch and kept the best weights: that evaluation is the final perplexity.
     after = min((e["perplexity"] for e in metrics["eval"]), default=None)
+    # Tokens the kept checkpoint saw (the best epoch's step count), which is what an equal-tokens comparison needs;
+    # the budget is what the whole run trained on.
+    tokens_per_step = cfg.batch_size * cfg.block_size
+    best = min(metrics["eval"], key=lambda e: e["perplexity"], default=None)
     return {**metrics, "objective": "kd" if cfg.alpha > 0 else "ce", "alpha": cfg.alpha,
             "temperature": cfg.temperature, "teacher_logits": ("online" if online else f"top-{cfg.top_k}")
             if cfg.alpha > 0 else None, "topk_check": check or None,
             "train_blocks": len(blocks), "block_size": cfg.block_size, "train_tokens_available": int(blocks.size),
-            "token_budget": metrics["steps"] * cfg.batch_size * cfg.block_size,
+            "token_budget": metrics["steps"] * tokens_per_step,
+            "tokens_seen": (best["step"] if best else metrics["steps"]) * tokens_per_step,
+            "tokens_seen_epoch": best["epoch"] if best else None,
             "heldout_perplexity_before": before and before["perplexity"],
             "heldout_perplexity_after": after,
             "layer_map": mapped or None, "student_params": student.num_parameters(),

@@ -101,6 +101,7 @@ def make_causal_variant(src: Path, out: Path, cfg: QuantizeSettings, nodes: list
     from onnxruntime.quantization.matmul_nbits_quantizer import (
         DefaultWeightOnlyQuantConfig,
         HQQWeightOnlyQuantConfig,
+        KQuantWeightOnlyQuantConfig,
         MatMulNBitsQuantizer,
     )
 
@@ -119,11 +120,14 @@ def make_causal_variant(src: Path, out: Path, cfg: QuantizeSettings, nodes: list
         skip = [n.name for n in proto.graph.node if n.name not in chosen]
         if cfg.algorithm == "hqq" and bits == 4:
             algo = HQQWeightOnlyQuantConfig(block_size=cfg.block_size, bits=bits)
+        elif cfg.algorithm == "k_quant":  # llama.cpp-style k-quant scale/min search (ORT's port)
+            algo = KQuantWeightOnlyQuantConfig()
         else:  # round-to-nearest (HQQ has no 8-bit path; 8 bits need no search)
             algo = DefaultWeightOnlyQuantConfig(block_size=cfg.block_size, is_symmetric=cfg.symmetric,
                                                 accuracy_level=cfg.accuracy_level, bits=bits)
         with contextlib.redirect_stdout(io.StringIO()):
-            quantizer = MatMulNBitsQuantizer(proto, algo_config=algo, nodes_to_exclude=skip,
+            quantizer = MatMulNBitsQuantizer(proto, bits=bits, block_size=cfg.block_size, is_symmetric=cfg.symmetric,
+                                             algo_config=algo, nodes_to_exclude=skip,
                                              accuracy_level=cfg.accuracy_level)
             quantizer.process()
         proto = quantizer.model.model

@@ -19,9 +19,10 @@ class QuantizeSettings(StrictConfig):
         "static: int8 QDQ with calibrated activation ranges (needs calibration data); fp16: for the CUDA provider; "
         "int4: weight-only 4-bit MatMulNBits (causal LMs); weight_only: MatMulNBits with `bits` (4 or 8).")
     bits: Literal[4, 8] = Field(8, description="weight_only: bits per weight (int4 mode is always 4).")
-    algorithm: Literal["rtn", "hqq"] = Field(
+    algorithm: Literal["rtn", "hqq", "k_quant"] = Field(
         "rtn", description="int4/weight_only: rtn = round to nearest; hqq = half-quadratic scale/zero search "
-        "(no data needed, less error at 4 bits).")
+        "(no data needed, less error at 4 bits; float zero points); k_quant = ONNX Runtime's port of llama.cpp's "
+        "k-quant scale/min search (no data needed).")
     block_size: int = Field(32, description="int4: weights per quantization block along the input dimension "
                                             "(16, 32, 64, 128 or 256).")
     symmetric: bool = Field(False, description="int4: symmetric blocks (no zero point); asymmetric keeps a minimum.")

@@ -96,3 +96,15 @@ def test_interrupted_budget_search_leaves_the_best_model_so_far(llama_onnx, tmp_
     settings = json.loads((tmp_path / "q" / "quantization.json").read_text())
     assert settings["partial"] is True and settings["search_step"] == 0
     assert load_model(tmp_path / "q").task == "text-generation"  # a usable model, in place
+
+
+@pytest.mark.parametrize("algorithm", ["hqq"])  # k_quant needs K divisible by the block (tiny:llama has K=16)
+def test_int4_algorithms_keep_the_numeric_contract(llama_onnx, blocks, tmp_path, algorithm):
+    # setup / execute: the data-free int4 searches ONNX Runtime's quantizer offers, as one-command baselines
+    from compress.techniques.quantize.graph import count_ops
+
+    fp32 = llama_onnx.model
+    out = _quantize(fp32, tmp_path / algorithm, mode="int4", block_size=32, algorithm=algorithm).model
+    # assert: every decoder MatMul packed, and the output stays as close to fp32 as round-to-nearest does
+    assert count_ops(out.path)["ops"]["MatMulNBits"] == 15
+    assert _kl(out, fp32, blocks) < 5e-4
