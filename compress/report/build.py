@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 
 from compress.report import causal
+from compress.report.intervals import crosses, speedup_ci
 
 
 def primary_row(stage: dict, primary: dict | None) -> dict | None:
@@ -58,6 +59,7 @@ def build(results: dict) -> dict:
         row = primary_row(s, primary)
         s["p50_ms"] = row["p50_ms"] if row else None
         s["speedup"] = round(ref_row["p50_ms"] / row["p50_ms"], 3) if row and ref_row else None
+        s["speedup_ci95"] = speedup_ci(ref_row, row)
         s["size_ratio"] = round(teacher["size_mb"] / s["size_mb"], 3) if s.get("size_mb") else None
         for r in s.get("latency", []):
             t = teacher_rows.get((r["device"], r["batch_size"], r["seq_len"]))
@@ -71,6 +73,7 @@ def build(results: dict) -> dict:
             verdicts["accuracy"] = None if s["accuracy_drop"] is None else s["accuracy_drop"] <= goals["max_accuracy_drop"] + 1e-12
         if goals_here.get("min_speedup") is not None:
             verdicts["speedup"] = None if s["speedup"] is None else s["speedup"] >= goals["min_speedup"]
+        s["uncertain"] = crosses(s.get("speedup_ci95"), goals_here.get("min_speedup"))
         s["verdicts"] = verdicts
         s["meets_goals"] = all(v is True for v in verdicts.values()) if verdicts else None
     measured = [s for s in stages if s.get("accuracy") is not None and s.get("p50_ms")]

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import copy
 
+from compress.report.intervals import crosses, speedup_ci
+
 CAUSAL_TASK = "text-generation"
 
 
@@ -53,11 +55,14 @@ def build(results: dict) -> dict:
         st["p50_ms"] = row["p50_ms"] if row else None
         st["decode_tokens_per_s"] = row.get("decode_tokens_per_s") if row else None
         st["ttft_ms"] = row.get("ttft_ms") if row else None
+        st["decode_tokens_per_s_ci95"] = row.get("decode_tokens_per_s_ci95") if row else None
+        st["ttft_ms_ci95"] = row.get("ttft_ms_ci95") if row else None
         st["prefill_tokens_per_s"] = row.get("prefill_tokens_per_s") if row else None
         long = _row(st, dev, b, 512)
         st["prefill_tokens_per_s_512"] = long.get("prefill_tokens_per_s") if long else None
         st["peak_rss_mb"] = row.get("peak_rss_mb") if row else None
         st["speedup"] = round(ref_row["p50_ms"] / row["p50_ms"], 3) if row and ref_row else None
+        st["speedup_ci95"] = speedup_ci(ref_row, row)
         st["size_ratio"] = round(teacher["size_mb"] / st["size_mb"], 3) if st.get("size_mb") else None
         for r in st.get("latency", []):
             t = _row(teacher, r["device"], r["batch_size"], r["seq_len"])
@@ -69,6 +74,7 @@ def build(results: dict) -> dict:
                                           else st["ppl_increase"] <= goals["max_perplexity_increase"] + 1e-12)
             if goals.get("min_speedup") is not None:
                 verdicts["speedup"] = None if st["speedup"] is None else st["speedup"] >= goals["min_speedup"]
+        st["uncertain"] = crosses(st.get("speedup_ci95"), goals.get("min_speedup")) if st is not teacher else []
         st["verdicts"] = verdicts
         st["meets_goals"] = all(v is True for v in verdicts.values()) if verdicts else None
     _same_precision(stages, dev, b, s)
@@ -178,7 +184,16 @@ def _size(mb) -> str:
 
 def _verdict(stage: dict) -> str:
     v = stage.get("verdicts") or {}
-    return " ".join(f"{k} {'ok' if ok else ('-' if ok is None else 'MISS')}" for k, ok in v.items()) or "-"
+    unsure = set(stage.get("uncertain") or [])
+    return " ".join(f"{k} {'ok' if ok else ('-' if ok is None else 'MISS')}{' (CI crosses goal)' if k in unsure else ''}"
+                    for k, ok in v.items()) or "-"
+
+
+def _ci(value, ci, fmt: str, unit: str = "") -> str:
+    """A figure and its 95% interval over rounds, when the bench measured one."""
+    if value is None:
+        return "-"
+    return fmt.format(value) + unit + (f" [{fmt.format(ci[0])}-{fmt.format(ci[1])}]" if ci else "")
 
 
 def stage_rows(results: dict) -> list[list[str]]:
@@ -192,8 +207,9 @@ def stage_rows(results: dict) -> list[list[str]]:
                      _f(None if s.get("ppl_increase") is None else 100 * s["ppl_increase"], "{:+.2f}"),
                      _f(a.get("kl"), "{:.4f}"), _f(None if a.get("top1_agreement") is None else 100 * a["top1_agreement"]),
                      _f(a.get("greedy_prefix"), "{:.1f}"), _size(s.get("size_mb")), f"{s.get('params') or 0:,}",
-                     _f(s.get("decode_tokens_per_s"), "{:.1f}"), _f(s.get("ttft_ms"), "{:.1f}"),
-                     _f(s.get("speedup"), "{:.2f}x"),
+                     _ci(s.get("decode_tokens_per_s"), s.get("decode_tokens_per_s_ci95"), "{:.1f}"),
+                     _ci(s.get("ttft_ms"), s.get("ttft_ms_ci95"), "{:.1f}"),
+                     _ci(s.get("speedup"), s.get("speedup_ci95"), "{:.2f}", "x"),
                      (_f(s.get("speedup_vs_same_precision"), "{:.2f}x") + f" ({s['same_precision_baseline']})"
                       if s.get("speedup_vs_same_precision") is not None else "-"), _verdict(s)])
     return rows

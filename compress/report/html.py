@@ -65,6 +65,9 @@ def _header(results: dict) -> list[str]:
         parts.append(f"<p>{_md_inline(results['description'])}</p>")
     if summary.get("note"):
         parts.append(f'<p class="note"><b>Result.</b> {_md_inline(summary["note"])}</p>')
+    busy = render.busy_warning(results)
+    if busy:
+        parts.append(f'<p class="note"><b>Warning: timed on a busy machine.</b> {html.escape(busy)}</p>')
     return parts
 
 

@@ -32,7 +32,17 @@ def _verdict(stage: dict) -> str:
     v = stage.get("verdicts") or {}
     if not v:
         return "-"
-    return " ".join(f"{k} {'ok' if ok else ('-' if ok is None else 'MISS')}" for k, ok in v.items())
+    unsure = set(stage.get("uncertain") or [])
+    return " ".join(f"{k} {'ok' if ok else ('-' if ok is None else 'MISS')}{' (CI crosses goal)' if k in unsure else ''}"
+                    for k, ok in v.items())
+
+
+def with_ci(value, ci, fmt: str = "{:.2f}", unit: str = "") -> str:
+    """`1.90x [1.62-2.10]`: a figure and its 95% interval (the figure alone when no interval was measured)."""
+    if value is None:
+        return "-"
+    text = fmt.format(value) + unit
+    return text if not ci else f"{text} [{fmt.format(ci[0])}-{fmt.format(ci[1])}]"
 
 
 def _shape(results: dict) -> str:
@@ -62,7 +72,7 @@ def stage_rows(results: dict) -> list[list[str]]:
         teacher = s is results["stages"][0] and s["name"] != "teacher"
         name = s["name"] + (" (teacher)" if teacher else "") + (" (baseline)" if s.get("is_baseline") else "")
         name += " ★" if s["name"] == best else ""
-        speed = "-" if s.get("speedup") is None else f"{s['speedup']:.2f}x"
+        speed = with_ci(s.get("speedup"), s.get("speedup_ci95"), unit="x")
         rows.append([name, s.get("pass") or "-", s.get("from") or "-", s.get("backend", "-"), _pct(s.get("accuracy")),
                      _pt(s.get("accuracy_drop")), _pct((s.get("agreement") or {}).get("argmax_agreement")),
                      _size(s.get("size_mb")), f"{s['params']:,}", _num(s.get("p50_ms")), speed, _verdict(s)])
@@ -198,7 +208,20 @@ def _md_header(results: dict) -> list[str]:
         out += [results["description"].strip(), ""]
     if summary.get("note"):
         out += [f"**Result.** {summary['note']}", ""]
+    busy = busy_warning(results)
+    if busy:
+        out += [f"**Warning: timed on a busy machine.** {busy}", ""]
     return out
+
+
+def busy_warning(results: dict) -> str | None:
+    """Why the timings may be off, when the bench saw a loaded machine (load average or CPU steal per round)."""
+    env = results.get("environment") or {}
+    if not env.get("busy"):
+        return None
+    return (f"{env.get('busy_reason') or 'load above the bench threads'}; load average {env.get('load_before')} "
+            f"before, {env.get('load_after')} after; ratios measured in the same rounds are still comparable, "
+            f"absolute figures are not.")
 
 
 def _causal_markdown(results: dict, plot_files) -> str:

@@ -43,3 +43,57 @@ def test_txt_files_and_empty_text(tmp_path):
     txt.write_text("\n\n  \n")
     with pytest.raises(CompressError, match="no text in"):
         load_texts(TextSource(str(txt)))
+
+
+def _word_tokenizer(words, *, bos=None, eos=None, add_bos=False):
+    """A word-level fast tokenizer over `words` (ids in order), adding `bos` to texts when asked."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token=words[0]))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    if add_bos:
+        tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", special_tokens=[(bos, words.index(bos))])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token=eos, unk_token=words[0])
+
+
+def test_document_separator_given_or_inferred(llama):
+    from compress.data.causal import document_separator
+
+    # the tiny decoder's vocabulary has <|endoftext|> (id 0): the pretraining separator wins
+    assert document_separator(llama.tokenizer) == 0
+    assert document_separator(llama.tokenizer, "<|endoftext|>") == 0
+    assert document_separator(llama.tokenizer, "a") == llama.tokenizer.get_vocab()["a"]
+    with pytest.raises(CompressError, match="not a token of the model's vocabulary"):
+        document_separator(llama.tokenizer, "<|no such token|>")
+    words = ["<unk>", "<s>", "</s>", "<|im_start|>", "<|endoftext|>", "hello", "world"]
+    # <|endoftext|> over a chat-role EOS (what the converted SmolLM2 tokenizer said)
+    assert document_separator(_word_tokenizer(words, bos="<s>", eos="<|im_start|>")) == 4
+    rest = [w for w in words if w != "<|endoftext|>"]
+    assert document_separator(_word_tokenizer(rest, bos="<s>", eos="</s>", add_bos=True)) == 1  # BOS when added
+    assert document_separator(_word_tokenizer(rest, bos="<s>", eos="</s>")) == 2  # else EOS
+    with pytest.raises(CompressError, match="pass a separator token") as e:
+        document_separator(_word_tokenizer(rest))
+    assert "\n" not in str(e.value)
+
+
+def test_pack_blocks_joins_documents_with_the_separator():
+    from compress.data.causal import pack_blocks
+
+    words = ["<unk>", "<s>", "</s>", "<|im_start|>", "<|endoftext|>", "hello", "world"]
+    tok = _word_tokenizer(words, bos="<s>", eos="<|im_start|>", add_bos=True)
+    texts = ["hello world", "world", "hello hello"]
+    # default: <|endoftext|> (4), not the EOS (3), and no BOS inside blocks
+    assert pack_blocks(tok, texts, 4).flatten().tolist() == [5, 6, 4, 6, 4, 5, 5, 4]
+    assert pack_blocks(tok, texts, 3, 2, separator=2).flatten().tolist() == [5, 6, 2, 6, 2, 5]
+
+
+def test_deduplicate_drops_eval_documents_seen_in_training():
+    from compress.data.causal import deduplicate
+
+    train = ["The cat sat on the mat.", "  A   Dog\tbarked. "]
+    eval_texts = ["the CAT sat on  the mat.", "A dog barked.", "A dog barked!", "Something new.", "a dog\nbarked."]
+    kept, dropped = deduplicate(eval_texts, train)
+    assert kept == ["A dog barked!", "Something new."]
+    assert dropped == ["the CAT sat on  the mat.", "A dog barked.", "a dog\nbarked."]
+    assert deduplicate(eval_texts, []) == (eval_texts, [])

@@ -40,6 +40,21 @@ def test_loads_offline_as_llama_and_knows_paris(smollm2):
     assert "Paris" in smollm2.tokenizer.decode(out[0])
 
 
+def test_special_tokens_follow_the_gguf_metadata(smollm2):
+    """transformers' conversion says EOS = <|im_start|> (id 1) and adds BOS; the GGUF says EOS <|im_end|> (id 2), no
+    BOS: the converted folder follows the file, and documents are separated by <|endoftext|> (id 0)."""
+    from compress.data.causal import document_separator
+    from compress.models.packaged import smollm2_path
+
+    tokenizer = smollm2.tokenizer
+    assert (tokenizer.eos_token, tokenizer.eos_token_id, tokenizer.pad_token_id) == ("<|im_end|>", 2, 2)
+    assert tokenizer("The capital of France is")["input_ids"][0] != tokenizer.bos_token_id == 1
+    assert smollm2.module.config.eos_token_id == smollm2.module.generation_config.eos_token_id == 2
+    assert document_separator(tokenizer) == 0
+    source = json.loads((smollm2_path() / "SOURCE.json").read_text())
+    assert source["special_tokens"]["eos_token_id"] == 2 and source["special_tokens"]["add_bos_token"] is False
+
+
 @pytest.mark.skipif(not RTE.exists(), reason="../shared/data is not beside the checkout")
 def test_export_parity_and_optimum_generates(cli, tmp_path):
     from optimum.onnxruntime import ORTModelForCausalLM

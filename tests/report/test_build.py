@@ -55,3 +55,30 @@ def test_without_goals_best_is_fastest_on_front(results):
 def test_build_is_idempotent(results):
     once = build(results)
     assert build(once) == once
+
+
+def test_speedup_interval_and_a_goal_inside_it_are_marked():
+    from compress.report.build import build
+    from compress.report.render import markdown
+
+    # setup: a teacher and a stage timed in the same 6 rounds; the stage is ~1.5x faster, noisily
+    teacher_rounds = [3.0, 3.1, 2.9, 3.0, 3.2, 3.0]
+    stage_rounds = [2.0, 1.8, 2.3, 2.0, 1.9, 2.2]
+
+    def stage(name, rounds, **kw):
+        row = {"device": "cpu", "batch_size": 1, "seq_len": 16, "backend": "onnxruntime",
+               "p50_ms": sorted(rounds)[3], "p90_ms": max(rounds), "p50_ms_rounds": rounds}
+        return {"name": name, "accuracy": 0.9, "size_mb": 1.0, "params": 10, "latency": [row], **kw}
+
+    results = {"recipe": "r", "stages": [stage("teacher", teacher_rounds), stage("s", stage_rounds, pass_="x")],
+               "goals": {"min_speedup": 1.5}, "primary": {"device": "cpu", "batch_size": 1, "seq_len": 16},
+               "environment": {"busy": True, "busy_reason": "load average 3.2 > 2.5", "load_before": 3.2,
+                               "load_after": 3.0}}
+    # execute
+    built = build(results)
+    s = built["stages"][1]
+    # assert: the interval holds the speedup, crosses the 1.5x goal, and the report says so (and that it was busy)
+    lo, hi = s["speedup_ci95"]
+    assert lo < s["speedup"] < hi and lo < 1.5 <= hi and s["uncertain"] == ["speedup"]
+    text = markdown(built)
+    assert "(CI crosses goal)" in text and f"[{lo:.2f}-{hi:.2f}]" in text and "busy machine" in text

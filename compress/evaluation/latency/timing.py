@@ -16,14 +16,12 @@ Ratios of two models timed in the same rounds (`ratio_ci`) are paired by round a
 
 from __future__ import annotations
 
-import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import numpy as np
 
-ROUND_RESAMPLES = 2000  # bootstrap resamples of the rounds (the 2.5% / 97.5% quantiles settle well before this)
-SEED = 0  # fixed: the same timings always give the same interval
+from compress.core.stats import median_ci, order_interval, ratio_ci  # noqa: F401  (ratio_ci: re-exported)
 
 
 def percentiles(times_ms: list[float], batch_size: int) -> dict:
@@ -33,73 +31,6 @@ def percentiles(times_ms: list[float], batch_size: int) -> dict:
     return {"p50_ms": round(p50, 3), "p90_ms": round(float(np.percentile(t, 90)), 3),
             "p99_ms": round(float(np.percentile(t, 99)), 3), "mean_ms": round(float(t.mean()), 3),
             "throughput_per_s": round(1000.0 * batch_size / p50, 2), "runs": int(len(t))}
-
-
-def order_interval(n: int, confidence: float = 0.95) -> tuple[int, float] | None:
-    """The order statistics of a distribution-free interval of the median of n values: (k, coverage) such that
-    [k-th smallest, k-th largest] covers the median with probability `coverage` = P(k <= Binomial(n, 1/2) <= n - k),
-    the largest k whose coverage reaches `confidence`; k = 1 ([min, max]) when none does. None below 2 values."""
-    if n < 2:
-        return None
-
-    def coverage(k: int) -> float:
-        return sum(math.comb(n, j) for j in range(k, n - k + 1)) / 2.0**n
-
-    k = 1
-    while k + 1 <= n // 2 and coverage(k + 1) >= confidence:
-        k += 1
-    return k, coverage(k)
-
-
-def median_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float] | None:
-    """Distribution-free interval of the median of per-round values (order statistics, binomial coverage).
-
-    Args:
-        values: one figure per round, e.g. the median latency of each round (ms).
-        confidence: the coverage wanted; reached from 6 values on (see `order_interval`).
-
-    Returns: (lo, hi, coverage achieved), or None with fewer than two values.
-    """
-    x = np.sort(np.asarray(values, dtype=float))
-    found = order_interval(len(x), confidence)
-    if found is None:
-        return None
-    k, cover = found
-    return float(x[k - 1]), float(x[len(x) - k]), cover
-
-
-def ratio_ci(numerator_rounds: Sequence[float], denominator_rounds: Sequence[float],
-             confidence: float = 0.95) -> tuple[float, float, float]:
-    """A speed ratio of two models timed in the same interleaved rounds, with its interval (paired by round).
-
-    Round r of both models ran back to back, so drift of the machine moves both; the ratio is taken within each
-    round first (`num[r] / den[r]`), and the figure is the median of these per-round ratios. The interval is a
-    percentile bootstrap over rounds (the same resampled rounds for both models; fixed seed).
-    E.g. speedup over the teacher = `ratio_ci(teacher["p50_ms_rounds"], stage["p50_ms_rounds"])`, or for decoders
-    `ratio_ci(stage["decode_tokens_per_s_rounds"], teacher["decode_tokens_per_s_rounds"])`.
-
-    Args:
-        numerator_rounds: the per-round figure of the first model (one value per round).
-        denominator_rounds: the same figure of the second model, same rounds in the same order.
-        confidence: coverage of the interval.
-
-    Returns: (ratio, lo, hi); lo and hi are NaN with a single round (no interval).
-    """
-    num, den = np.asarray(numerator_rounds, dtype=float), np.asarray(denominator_rounds, dtype=float)
-    if len(num) != len(den) or len(num) == 0:
-        raise ValueError(f"ratio_ci needs the same rounds on both sides (got {len(num)} and {len(den)} values)")
-    if np.any(den <= 0) or np.any(num <= 0):
-        raise ValueError("ratio_ci needs positive per-round figures")
-    ratios = num / den  # (R,): paired within each round
-    ratio = float(np.median(ratios))
-    if len(ratios) < 2:
-        return ratio, float("nan"), float("nan")
-    rng = np.random.default_rng(SEED)
-    picks = rng.integers(0, len(ratios), (ROUND_RESAMPLES, len(ratios)))
-    medians = np.median(ratios[picks], axis=1)
-    alpha = 1.0 - confidence
-    lo, hi = np.quantile(medians, [alpha / 2, 1 - alpha / 2])
-    return ratio, float(lo), float(hi)
 
 
 def _rounds_of(samples) -> list[list[float]]:
