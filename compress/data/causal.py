@@ -162,9 +162,28 @@ PROMPTS = (
 )
 
 
-def prompt_ids(tokenizer, prompts: tuple[str, ...] | list[str] = PROMPTS) -> list[list[int]]:
-    """Token ids of each prompt, with the tokenizer's own special tokens (e.g. BOS), as generation uses them."""
+def prompt_ids(tokenizer, prompts: tuple[str, ...] | list[str] = PROMPTS, *, chat: bool = True) -> list[list[int]]:
+    """Token ids of each prompt as generation uses them: an instruct model's prompts go through its chat template
+    (a user turn, then the assistant's opening), as its users send them; others get the tokenizer's own special
+    tokens (e.g. BOS)."""
+    if chat and getattr(tokenizer, "chat_template", None):
+        return [list(tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
+                                                   tokenize=True)) for p in prompts]
     return [tokenizer(p)["input_ids"] for p in prompts]
+
+
+def load_prompts(path: str | Path) -> list[str]:
+    """Prompts from a text file, one per non-empty line."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise CompressError(f"prompts file '{file}' not found", "pass a UTF-8 text file with one prompt per line")
+    try:
+        prompts = [line.strip() for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except UnicodeDecodeError as e:
+        raise CompressError(f"'{file}' is not UTF-8 text", "convert it to UTF-8") from e
+    if not prompts:
+        raise CompressError(f"'{file}' holds no prompt", "write one prompt per line")
+    return prompts
 
 
 def causal_texts(examples) -> list[str]:

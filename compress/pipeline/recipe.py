@@ -101,6 +101,16 @@ class Shape(_Strict):
     seq_len: int = Field(128, ge=1, description="Sequence length of the headline latency (text models).")
 
 
+class DomainSpec(_Strict):
+    """A text domain a causal LM is scored on, document by document (perplexity and bits per byte)."""
+
+    name: str = Field(pattern=NAME_PATTERN, description="Name of the domain in the report (e.g. rte, sst2, tweets).")
+    source: str = Field(description="File, folder of split files or saved dataset holding the documents; .txt too.")
+    split: str | None = Field(None, description="Split of `source` (file stem in a folder).")
+    text_field: str = Field("text", description="Field holding a document.")
+    max_documents: int | None = Field(None, ge=1, description="Score at most this many documents (default: all).")
+
+
 class EvalConfig(_Strict):
     """How every stage is scored: accuracy on `data.eval`, agreement with the teacher, size, latency."""
 
@@ -110,6 +120,18 @@ class EvalConfig(_Strict):
     block_size: int = Field(128, ge=2, description="Causal LMs: tokens per held-out block for perplexity and KL.")
     max_blocks: int = Field(32, ge=1, description="Causal LMs: blocks of `data.eval` scored per stage.")
     new_tokens: int = Field(32, ge=1, description="Causal LMs: greedy tokens per prompt for generation agreement.")
+    domains: list[DomainSpec] = Field(default_factory=list, description="Causal LMs: text domains scored per "
+                                      "document (perplexity, bits per byte), each against the teacher; empty = the "
+                                      "eval split alone. Documents also in the training text are dropped (counted).")
+    window: int = Field(128, ge=8, description="Causal LMs: tokens per scoring window (longer documents roll).")
+    separator: str | None = Field(None, description="Causal LMs: the document separator token (default: inferred "
+                                  "from the tokenizer, e.g. <|endoftext|>).")
+    tasks: list[str] = Field(default_factory=list, description="Causal LMs: zero-shot tasks scored by answer "
+                             "log-likelihood (e.g. sst2, rte; see `compress.evaluation.tasks`).")
+    task_limit: int | None = Field(None, ge=1, description="Causal LMs: at most this many examples per task.")
+    task_data: str = Field("../shared/data", description="Causal LMs: folder holding the tasks' datasets.")
+    prompts: str | None = Field(None, description="Causal LMs: a text file of greedy-agreement prompts, one per "
+                                "line (default: a fixed English set; instruct models get them in their chat template).")
     latency: BenchSpec | None = Field(default_factory=BenchSpec,
                                       description="Latency protocol (`compress bench` options); null skips timing.")
     primary: Shape | None = Field(None, description="Headline shape for speedups and goals; default: the first "

@@ -83,11 +83,24 @@ def build(recipe: Recipe, *, stages: list[dict], lineage: list[dict], evals: lis
         "environment": timing["environment"],
         "eval": {"data": recipe.data.spec("eval").model_dump(), "examples": examples,
                  "batch_size": recipe.eval.batch_size, "max_length": recipe.eval.max_length,
-                 **({"task": CAUSAL_TASK, "block_size": recipe.eval.block_size, "max_blocks": recipe.eval.max_blocks,
-                     "new_tokens": recipe.eval.new_tokens, "prompts": len(PROMPTS)} if evals[0].get("causal") else {})},
+                 **(_causal_eval(recipe, evals[0]) if evals[0].get("causal") else {})},
         "latency_spec": timing.get("spec"), "primary": primary.model_dump() if primary else None,
         "goals": recipe.goals.model_dump() if recipe.goals else None,
         "teacher": stages[0]["name"], "baselines": list(recipe.baselines),
         "run_dir": run_dir, "recipe_config": recipe_dict(recipe), "stages": stages,
         "pipeline": lineage,
     }
+
+
+def _causal_eval(recipe: Recipe, teacher_eval: dict) -> dict:
+    """How decoders were scored: per-document windows, the separator, each domain (documents, duplicates dropped,
+    trained on or not), the zero-shot tasks and the greedy prompts."""
+    m = teacher_eval["metrics"]
+    ev = recipe.eval
+    domains = {name: {k: d.get(k) for k in ("source", "split", "documents", "tokens", "bytes", "dropped_duplicates",
+                                            "trained_on")} for name, d in (m.get("domains") or {}).items()}
+    return {"task": CAUSAL_TASK, "protocol": "documents", "window": ev.window, "separator_id": m.get("separator_id"),
+            "domains": domains, "tasks": {t: {"examples": r.get("examples"), "source": r.get("source")}
+                                          for t, r in (m.get("tasks") or {}).items()},
+            "new_tokens": ev.new_tokens, "prompts": m.get("greedy_prompts") or len(PROMPTS),
+            "prompts_file": ev.prompts}

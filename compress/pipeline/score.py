@@ -51,6 +51,7 @@ class Scorer:
         self.teacher_entry = teacher_entry
         self._teacher_model = None  # causal LMs: the reference every stage's KL is measured against
         self._teacher_generations = None  # ...and its greedy tokens, computed once
+        self._domains = None  # causal LMs: the eval domains' documents, read once
 
     def evaluate(self, entry: dict) -> dict:
         """Figures and size of one stage, cached in its folder by the eval settings. The one place scoring forks:
@@ -63,7 +64,10 @@ class Scorer:
         if cached_json.exists() and cached_npz.exists():
             arrays = np.load(cached_npz)
             return {**json.loads(cached_json.read_text()), "logits": arrays["logits"]}
-        causal_json = folder / f"eval-causal-{digest({'key': key, 'block': [ev.block_size, ev.max_blocks, ev.new_tokens]})}.json"
+        causal_key = {"key": key, "domains": [d.model_dump() for d in ev.domains], "window": ev.window,
+                      "separator": ev.separator, "tasks": ev.tasks, "task_limit": ev.task_limit,
+                      "task_data": ev.task_data, "prompts": ev.prompts, "new_tokens": ev.new_tokens, "protocol": 2}
+        causal_json = folder / f"eval-causal-{digest(causal_key)}.json"
         if causal_json.exists():
             return json.loads(causal_json.read_text())
         model = self.runner.load(entry["ref"])
@@ -98,15 +102,17 @@ class Scorer:
         return {**facts, "logits": logits}
 
     def _causal(self, entry: dict, model, cached: Path) -> dict:
-        """Perplexity on `data.eval` blocks, KL / top-1 / greedy agreement with the teacher (the teacher's own
-        greedy tokens are computed once, in its evaluation, and reused for every stage)."""
-        from compress.data.causal import pack_blocks, prompt_ids
-        from compress.evaluation.causal import evaluate_causal
+        """Per-document perplexity and bits per byte on every eval domain, KL / top-1 against the teacher on the
+        same targets, greedy agreement on the prompts (chat template for instruct models; the teacher's own greedy
+        tokens are computed once, in its evaluation, and reused), and zero-shot task accuracy. The first domain
+        (the eval split when none is given) gives the headline perplexity."""
+        from compress.data.causal import PROMPTS, document_separator, load_prompts, prompt_ids
+        from compress.evaluation.causal import greedy_agreement, score_documents
         from compress.evaluation.size import model_size
+        from compress.evaluation.tasks import zero_shot
+        from compress.runtime.causal import CausalRunner
 
         ev = self.runner.recipe.eval
-        examples = self.runner.examples("eval")
-        blocks = pack_blocks(model.tokenizer, list(examples.texts), ev.block_size, ev.max_blocks)
         teacher_entry = self.teacher_entry
         is_teacher = entry["name"] == teacher_entry["name"]
         if not is_teacher:
@@ -114,15 +120,56 @@ class Scorer:
                 self._teacher_generations = self.evaluate(teacher_entry)["metrics"]["generations"]
             if self._teacher_model is None:
                 self._teacher_model = self.runner.load(teacher_entry["ref"])
-        metrics = evaluate_causal(model, blocks, reference=None if is_teacher else self._teacher_model,
-                                  prompts=prompt_ids(model.tokenizer), max_new_tokens=ev.new_tokens,
-                                  threads=ev.threads, reference_generations=self._teacher_generations)
+        reference = None if is_teacher else self._teacher_model
+        separator = document_separator(model.tokenizer, ev.separator)
+        domains = {}
+        for name, domain in self.domains().items():
+            figures = score_documents(model, domain["texts"], window=ev.window, separator_id=separator,
+                                      reference=reference, threads=ev.threads)
+            domains[name] = {**figures, **{k: v for k, v in domain.items() if k != "texts"}}
+        headline = next(iter(domains.values()))
+        prompts = prompt_ids(model.tokenizer, load_prompts(ev.prompts) if ev.prompts else PROMPTS)
+        generation = greedy_agreement(CausalRunner(model, threads=ev.threads), prompts, ev.new_tokens,
+                                      reference_generations=self._teacher_generations)
+        tasks = {task: zero_shot(model, task, data_root=ev.task_data, limit=ev.task_limit, threads=ev.threads)
+                 for task in ev.tasks}
+        metrics = {k: headline[k] for k in ("perplexity", "nll", "tokens", "documents", "bits_per_byte")}
+        metrics.update({"kl": headline.get("kl"), "top1_agreement": headline.get("top1_agreement"), **generation,
+                        "domains": domains, "tasks": tasks, "separator_id": separator, "window": ev.window})
         if is_teacher:
             self._teacher_generations = metrics["generations"]
             metrics.update({"kl": 0.0, "top1_agreement": 1.0, "greedy_prefix": float(ev.new_tokens),
-                            "greedy_agreement": 1.0})
+                            "greedy_agreement": 1.0, "greedy_new_tokens": ev.new_tokens, "greedy_prompts": len(prompts)})
         facts = {"metrics": metrics, "size": jsonable(model_size(model)), "kind": model.kind,
                  "source": self.runner.source(entry["ref"]), "causal": True}
         cached.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(cached, lambda p: p.write_text(json.dumps(facts, indent=2)))
         return facts
+
+    def domains(self) -> dict[str, dict]:
+        """The eval domains' documents, read once per run: {name: {"texts", "source", "dropped_duplicates",
+        "trained_on"}}. Documents that also occur in the training text are dropped (and counted); a domain read
+        from the training split's source is marked as trained on."""
+        if self._domains is not None:
+            return self._domains
+        from compress.data.causal import TextSource, causal_texts, deduplicate, load_texts
+
+        recipe = self.runner.recipe
+        train = self.runner.examples("train")
+        train_texts = causal_texts(train) if train is not None and train.texts is not None else []
+        train_spec = recipe.data.spec("train")
+        train_source = str(Path(train_spec.source).resolve()) if train_spec is not None else None
+        found = {}
+        if recipe.eval.domains:
+            for d in recipe.eval.domains:
+                texts = load_texts(TextSource(d.source, split=d.split, text_field=d.text_field))
+                found[d.name] = (texts[: d.max_documents] if d.max_documents else texts, d.source, d.split)
+        else:
+            spec = recipe.data.spec("eval")
+            found[Path(spec.source).name or "eval"] = (list(self.runner.examples("eval").texts), spec.source, spec.split)
+        self._domains = {}
+        for name, (texts, source, split) in found.items():
+            kept, dropped = deduplicate(texts, train_texts)
+            self._domains[name] = {"texts": kept, "source": source, "split": split, "dropped_duplicates": len(dropped),
+                                   "trained_on": train_source is not None and str(Path(source).resolve()) == train_source}
+        return self._domains

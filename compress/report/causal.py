@@ -287,6 +287,17 @@ def explanation(results: dict) -> str:
     data = ev.get("data") or {}
     env = results.get("environment") or {}
     shape = results.get("primary") or {}
+    if ev.get("protocol") == "documents":
+        first = next(iter(ev.get("domains") or {}), "-")
+        return (f"Perplexity on domain `{first}` (first of the domains below): each document scored on its own, the "
+                f"lm-evaluation-harness way (separator id {ev.get('separator_id')} as context only, rolling windows "
+                f"of {ev.get('window')} tokens, token-weighted); KL = mean per-token KL(teacher ‖ stage) on the same "
+                f"targets; top-1 = next-token agreement with the teacher; greedy prefix = mean common prefix (of "
+                f"{ev.get('new_tokens')}) of greedy continuations of {ev.get('prompts')} prompts (instruct models: "
+                f"through the chat template). Decode tok/s, TTFT and speedup at {shape.get('device')} batch "
+                f"{shape.get('batch_size')}, prompt {shape.get('seq_len')}, {env.get('threads')} threads, medians over "
+                "interleaved rounds with their 95% interval in brackets: a prefill of the prompt, then greedy tokens "
+                "with the KV cache; speedup = teacher decode ms/token / stage decode ms/token. ★ = best stage.")
     return (f"Perplexity on `{data.get('source')}` split `{data.get('split')}` field `{data.get('text_field', 'text')}` "
             f"(raw text, {ev.get('max_blocks')} blocks of {ev.get('block_size')} tokens, token-weighted); KL = mean "
             f"per-token KL(teacher ‖ stage) on the same tokens; top-1 = next-token agreement with the teacher; greedy "
@@ -294,6 +305,59 @@ def explanation(results: dict) -> str:
             f"prompts. Decode tok/s, TTFT and speedup at {shape.get('device')} batch {shape.get('batch_size')}, prompt "
             f"{shape.get('seq_len')}, {env.get('threads')} threads: a prefill of the prompt, then greedy tokens with the "
             "KV cache; speedup = teacher decode ms/token / stage decode ms/token. ★ = best stage.")
+
+
+def domain_rows(results: dict) -> tuple[list[str], list[list[str]]]:
+    """Per stage and eval domain: perplexity (Δ% vs the teacher) and bits per byte; a domain some stage was trained
+    on is marked (in-domain), the others are out of domain."""
+    ev = results.get("eval") or {}
+    domains = ev.get("domains") or {}
+    if not domains:
+        return [], []
+    header = ["stage"] + [f"{name}{' (trained on)' if d.get('trained_on') else ''} ppl | bpb"
+                          for name, d in domains.items()]
+    teacher = (results["stages"][0].get("metrics") or {}).get("domains") or {}
+    rows = []
+    for st in results["stages"]:
+        mine = (st.get("metrics") or {}).get("domains") or {}
+        cells = [st["name"]]
+        for name in domains:
+            d, t = mine.get(name) or {}, teacher.get(name) or {}
+            if d.get("perplexity") is None:
+                cells.append("-")
+                continue
+            delta = f" ({100 * (d['perplexity'] / t['perplexity'] - 1):+.1f}%)" if t.get("perplexity") and st is not results["stages"][0] else ""
+            cells.append(f"{d['perplexity']:.2f}{delta} | {d.get('bits_per_byte', 0):.3f}")
+        rows.append(cells)
+    return header, rows
+
+
+def domain_notes(results: dict) -> str:
+    """Documents scored per domain and the duplicates of the training text that were dropped."""
+    domains = (results.get("eval") or {}).get("domains") or {}
+    return "; ".join(f"`{name}`: {d.get('documents')} documents from `{d.get('source')}`"
+                     f"{' split `' + str(d.get('split')) + '`' if d.get('split') else ''}"
+                     f"{', ' + str(d.get('dropped_duplicates')) + ' dropped as duplicates of training text' if d.get('dropped_duplicates') else ''}"
+                     for name, d in domains.items())
+
+
+def task_rows(results: dict) -> tuple[list[str], list[list[str]]]:
+    """Per stage and zero-shot task: accuracy [95% Wilson interval] over n examples."""
+    tasks = (results.get("eval") or {}).get("tasks") or {}
+    if not tasks:
+        return [], []
+    header = ["stage"] + [f"{t} acc % [95% CI] (n={info.get('examples')})" for t, info in tasks.items()]
+    rows = []
+    for st in results["stages"]:
+        mine = (st.get("metrics") or {}).get("tasks") or {}
+        cells = [st["name"]]
+        for t in tasks:
+            r = mine.get(t) or {}
+            ci = (r.get("ci95") or {}).get("accuracy")
+            cells.append("-" if r.get("accuracy") is None else
+                         f"{100 * r['accuracy']:.1f}" + (f" [{100 * ci[0]:.1f}-{100 * ci[1]:.1f}]" if ci else ""))
+        rows.append(cells)
+    return header, rows
 
 
 def goal_lines(results: dict) -> list[str]:

@@ -141,6 +141,18 @@ def _causal_html(results: dict, plots: list[tuple[str, str, bytes]]) -> str:
     parts.append("<h2>Stages</h2>")
     best_rows = {i for i, s in enumerate(results["stages"]) if s["name"] == best}
     parts.append(_table(causal.STAGE_COLUMNS, causal.stage_rows(results), best_rows))
+    header, rows = causal.domain_rows(results)
+    if rows:
+        parts.append("<h2>Perplexity by domain</h2>")
+        parts.append(f'<p class="small">Per-document perplexity (Δ% vs the teacher) | bits per byte. '
+                     f"{_md_inline(causal.domain_notes(results))}.</p>")
+        parts.append(_table(header, rows))
+    header, rows = causal.task_rows(results)
+    if rows:
+        parts.append("<h2>Zero-shot tasks</h2>")
+        parts.append('<p class="small">Accuracy by log-likelihood of the answer choices (the lm-evaluation-harness '
+                     "method), with a 95% Wilson interval.</p>")
+        parts.append(_table(header, rows))
     if summary.get("comparisons"):
         parts.append("<h2>Best stage versus references</h2>")
         parts.append(_table(causal.COMPARE_COLUMNS, causal.compare_rows(results)))

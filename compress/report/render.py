@@ -229,6 +229,14 @@ def _causal_markdown(results: dict, plot_files) -> str:
     out = _md_header(results)
     out += [causal.explanation(results), ""]
     out += ["## Stages", "", _md_table(causal.STAGE_COLUMNS, causal.stage_rows(results)), ""]
+    header, rows = causal.domain_rows(results)
+    if rows:
+        out += ["## Perplexity by domain", "", f"Per-document perplexity (Δ% vs the teacher) | bits per byte. "
+                f"{causal.domain_notes(results)}.", "", _md_table(header, rows), ""]
+    header, rows = causal.task_rows(results)
+    if rows:
+        out += ["## Zero-shot tasks", "", "Accuracy by log-likelihood of the answer choices (the lm-evaluation-harness "
+                "method), with a 95% Wilson interval.", "", _md_table(header, rows), ""]
     lines = causal.goal_lines(results)
     if lines:
         met = [s["name"] for s in results["stages"][1:] if s.get("meets_goals")]

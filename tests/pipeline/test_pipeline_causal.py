@@ -29,6 +29,17 @@ def test_recipe_pipeline_and_report(tmp_path, monkeypatch):
     assert built["summary"]["best"] in names[1:] and built["summary"]["best"] != "int8"  # int8 is a baseline
     md = written.markdown.read_text()
     assert "perplexity" in md and "decode tok/s" in md and "perplexity_vs_decode.png" in md
+    # Every domain scored per document for every stage, the teacher's own figures included, and the task accuracy
+    # with its interval; the ONNX export is the teacher on every domain.
+    for s in built["stages"]:
+        domains = s["metrics"]["domains"]
+        assert set(domains) == {"rte", "sst2"} and all(d["documents"] == 24 and d["bits_per_byte"] > 0
+                                                       for d in domains.values())
+        task = s["metrics"]["tasks"]["sst2"]
+        assert task["examples"] == 16 and task["ci95"]["accuracy"][0] <= task["accuracy"] <= task["ci95"]["accuracy"][1]
+    assert onnx_stage["metrics"]["domains"]["sst2"]["perplexity"] == pytest.approx(
+        built["stages"][0]["metrics"]["domains"]["sst2"]["perplexity"], rel=1e-4)
+    assert "## Perplexity by domain" in md and "## Zero-shot tasks" in md
     assert (tmp_path / "report" / "perplexity_vs_decode.png").stat().st_size > 1000
     # A second run reuses every stage and every evaluation (perplexity identical, nothing recomputed).
     again = run_recipe(recipe, runs_dir=tmp_path / "runs", progress=False)
