@@ -298,7 +298,11 @@ def explanation(results: dict) -> str:
                 f"{shape.get('batch_size')}, prompt {shape.get('seq_len')}, {env.get('threads')} threads, medians over "
                 "interleaved rounds with their 95% interval in brackets: a prefill of the prompt, then greedy tokens "
                 "with the KV cache; speedup = teacher decode ms/token / stage decode ms/token. ★ = best stage.")
-    return (f"Perplexity on `{data.get('source')}` split `{data.get('split')}` field `{data.get('text_field', 'text')}` "
+    return ("**Measured under the old protocol** (issue 23): texts packed into blocks joined with the tokenizer's EOS, "
+            "which the GGUF conversion had set to `<|im_start|>` (a chat-role opener the teacher pays ~10 nats for), "
+            "timings as p50 of a few samples with no interval, and peak memory inherited from the parent process; "
+            "the figures are not comparable with reports on the per-document protocol. "
+            f"Perplexity on `{data.get('source')}` split `{data.get('split')}` field `{data.get('text_field', 'text')}` "
             f"(raw text, {ev.get('max_blocks')} blocks of {ev.get('block_size')} tokens, token-weighted); KL = mean "
             f"per-token KL(teacher ‖ stage) on the same tokens; top-1 = next-token agreement with the teacher; greedy "
             f"prefix = mean common prefix (of {ev.get('new_tokens')}) of greedy continuations of {ev.get('prompts')} fixed "
