@@ -58,9 +58,23 @@ class _Group(TyperGroup):
 
 
 app = typer.Typer(
-    cls=_Group, no_args_is_help=True, pretty_exceptions_show_locals=False, add_completion=False,
+    cls=_Group, no_args_is_help=True, pretty_exceptions_show_locals=False, add_completion=True,
     help="compress: distill, prune, factorize, quantize and export models, with proof they still work.",
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from compress import __version__
+
+        typer.echo(f"compress {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="Print the version and exit.")] = False) -> None:
+    """compress: distill, prune, factorize, quantize and export models, with proof they still work."""
 
 # --- shared options ----------------------------------------------------------------------------------------
 

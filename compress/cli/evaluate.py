@@ -1,4 +1,5 @@
-"""`compress eval`: accuracy (and macro-F1), and agreement with a reference model."""
+"""`compress eval`: accuracy (and macro-F1), and agreement with a reference model; for causal LMs, per-document
+perplexity (with bits per byte and word perplexity), KL / top-1 / greedy agreement with a reference."""
 
 from __future__ import annotations
 
@@ -37,11 +38,21 @@ def evaluate(
     reference: Annotated[str | None, typer.Option(help="Another model to compare outputs with.")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Evaluation batch size.")] = 64,
     max_length: Annotated[int, typer.Option(min=2, help="Token truncation length.")] = 128,
-    block_size: Annotated[int, typer.Option(min=2, help="Causal LMs: tokens per held-out block.")] = 128,
-    max_blocks: Annotated[int, typer.Option(min=1, help="Causal LMs: score at most this many blocks.")] = 32,
+    block_size: Annotated[int, typer.Option(min=2, help="Causal LMs: the scoring window, the most tokens read per "
+                                            "forward pass (longer documents are scored in rolling windows).")] = 128,
+    max_documents: Annotated[int | None, typer.Option(min=1, help="Causal LMs: score at most this many documents "
+                                                      "(default: all).")] = None,
+    max_blocks: Annotated[int | None, typer.Option(min=1, hidden=True, help="Old name of --max-documents.")] = None,
+    separator: Annotated[str | None, typer.Option(help="Causal LMs: the token before each document (default: "
+                                                  "<|endoftext|> if the vocabulary has it, else BOS when the tokenizer "
+                                                  "adds it, else EOS).")] = None,
     new_tokens: Annotated[int, typer.Option(min=1, help="Causal LMs: greedy tokens per prompt for generation agreement.")] = 32,
     part: Annotated[str, typer.Option(help="Causal LMs: all texts, or the train / heldout side of the hash split.")] = "all",
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the metrics here.")] = None,
+    zero_shot: Annotated[list[str] | None, typer.Option("--zero-shot", help="Causal LMs: score a zero-shot task by the "
+                                                    "answers' log-likelihood (lm-eval's method): sst2, rte, emotion; "
+                                                    "repeatable; needs no --data.")] = None,
+    data_root: Annotated[Path, typer.Option(help="Zero-shot tasks: the folder holding their datasets.")] = Path("../shared/data"),
     task: TaskOpt = None, num_labels: NumLabelsOpt = None, arch: ArchOpt = None,
     allow_pickle: AllowPickleOpt = False, trust_remote_code: TrustRemoteCodeOpt = False,
 ) -> None:
@@ -52,6 +63,9 @@ def evaluate(
     from compress.data.examples import load_examples
     from compress.evaluation.accuracy import evaluate as run_eval
 
+    if zero_shot:  # the tasks bring their own data (under --data-root)
+        return _zero_shot(model, zero_shot, data_root, limit, batch_size, json_out, data, reference,
+                          (task, num_labels, arch, allow_pickle, trust_remote_code))
     if not data:
         raise CompressError("no evaluation data", "pass --data (e.g. ../shared/data/sst2 --split dev)")
     if json_out is not None:
@@ -63,8 +77,8 @@ def evaluate(
 
     if is_causal(loaded):
         ref = load_model_from_options(reference, None, None, None, allow_pickle, trust_remote_code) if reference else None
-        return _causal(loaded, ref, model, data, split, text_field, part, block_size, max_blocks, new_tokens,
-                       batch_size, json_out)
+        return _causal(loaded, ref, model, data, split, text_field, part, block_size, max_documents or max_blocks,
+                       separator, new_tokens, batch_size, json_out)
     examples = load_examples(data_spec(data, split, text_field, text_pair_field, label_field, limit))
     if examples.labels is None and not reference and loaded.task in ("text-classification", "image-classification"):
         raise CompressError(f"the data '{data}' has no labels (no field '{label_field}')",
@@ -83,31 +97,70 @@ def evaluate(
         json_out.write_text(json.dumps(metrics, indent=2))
 
 
-def _causal(loaded, ref, model, data, split, text_field, part, block_size, max_blocks, new_tokens, batch_size, json_out):
-    """Perplexity (and KL / top-1 / greedy agreement with --reference) of a causal LM on held-out text blocks."""
+def _causal(loaded, ref, model, data, split, text_field, part, window, max_documents, separator, new_tokens,
+            batch_size, json_out):
+    """Per-document perplexity, bits per byte and word perplexity (and KL / top-1 / greedy agreement with
+    --reference) of a causal LM on held-out texts, each document scored on its own."""
     from rich.progress import Progress
     from rich.table import Table
 
-    from compress.data.causal import TextSource, prompt_ids, text_blocks
-    from compress.evaluation.causal import evaluate_causal
+    from compress.data.causal import TextSource, document_separator, load_texts, prompt_ids
+    from compress.evaluation.causal import greedy_agreement, score_documents
+    from compress.runtime.causal import CausalRunner
 
     if ref is not None and ref.task != loaded.task:
         from compress.core.errors import CompressError
 
         raise CompressError(f"the reference is a {ref.task} model, not a causal LM", "pass the causal teacher as --reference")
-    blocks = text_blocks(TextSource(data, split=split, text_field=text_field, part=part), loaded.tokenizer,
-                         block_size, max_blocks)
+    texts = load_texts(TextSource(data, split=split, text_field=text_field, part=part))[:max_documents]
+    sep = document_separator(loaded.tokenizer, separator)
     with Progress(console=console, transient=True, disable=not console.is_terminal) as progress:
-        bar = progress.add_task("scoring blocks", total=len(blocks))
-        metrics = evaluate_causal(loaded, blocks, reference=ref, prompts=prompt_ids(loaded.tokenizer),
-                                  max_new_tokens=new_tokens, batch_size=min(batch_size, 8),
+        bar = progress.add_task("scoring documents", total=len(texts))
+        metrics = score_documents(loaded, texts, window=window, separator_id=sep, reference=ref,
+                                  batch_size=min(batch_size, 8),
                                   on_progress=lambda d, t: progress.update(bar, completed=d, total=t))
+    metrics.update(greedy_agreement(CausalRunner(loaded), prompt_ids(loaded.tokenizer), new_tokens,
+                                    reference=CausalRunner(ref) if ref is not None else None))
     table = Table("metric", "value", title=f"{model} on {data}{':' + split if split else ''} "
-                  f"({metrics['blocks']} blocks of {metrics['block_size']} tokens)")
-    for key in ("perplexity", "nll", "tokens", "kl", "top1_agreement", "greedy_prefix", "greedy_agreement"):
+                  f"({metrics['documents']} documents, window {metrics['window']} tokens)")
+    for key in ("perplexity", "bits_per_byte", "word_perplexity", "nll", "tokens", "documents", "kl",
+                "top1_agreement", "greedy_prefix", "greedy_agreement"):
         if key in metrics:
             value = metrics[key]
             table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
     console.print(table)
     if json_out:
         json_out.write_text(json.dumps(metrics, indent=2))
+
+
+def _zero_shot(model, tasks, data_root, limit, batch_size, json_out, data, reference, load_options):
+    """Zero-shot accuracy of a causal LM on each task, lm-eval's acc and acc_norm with 95% Wilson intervals."""
+    from rich.progress import Progress
+    from rich.table import Table
+    from rich.text import Text
+
+    from compress.core.errors import CompressError
+    from compress.evaluation.tasks import get_task, zero_shot
+
+    if data or reference:
+        raise CompressError("--zero-shot runs on its own tasks' data", "drop --data / --reference, or run them separately")
+    specs = [get_task(name) for name in tasks]  # unknown names fail before the model loads
+    if json_out is not None:
+        from compress.core.paths import guard_output
+
+        guard_output(json_out, [model, str(data_root)], kind="file", what="--json")
+    loaded = load_model_from_options(model, *load_options)
+    results = {}
+    with Progress(console=console, transient=True, disable=not console.is_terminal) as progress:
+        for spec in specs:
+            bar = progress.add_task(f"zero-shot {spec.name}", total=None)
+            results[spec.name] = zero_shot(loaded, spec, data_root=data_root, limit=limit, batch_size=min(batch_size, 8),
+                                           on_progress=lambda d, t, bar=bar: progress.update(bar, completed=d, total=t))
+    title = Text(f"{model}: zero-shot, log-likelihood of the answers (lm-eval method, raw prompt)")  # (no emoji)
+    table = Table("task", "examples", "accuracy [95% CI]", "acc_norm [95% CI]", "majority", title=title)
+    for name, m in results.items():
+        cells = [f"{m[k]:.4f} [{m['ci95'][k][0]:.4f}, {m['ci95'][k][1]:.4f}]" for k in ("accuracy", "accuracy_norm")]
+        table.add_row(name, str(m["examples"]), *cells, f"{m['majority']:.4f}")
+    console.print(table)
+    if json_out:
+        json_out.write_text(json.dumps({"zero_shot": results}, indent=2))

@@ -33,7 +33,9 @@ from compress.cli.app import (
 def quantize(
     model: ModelArg,
     output: Annotated[Path, typer.Option("--output", "-o", help="Output folder (model.onnx + quantization.json + config/tokenizer).")],
-    mode: Annotated[str, typer.Option(help="dynamic (CPU, default), static (calibrated QDQ), fp16 (CUDA) or int4 (causal LMs, weight-only).")] = "dynamic",
+    mode: Annotated[str | None, typer.Option(help="dynamic (int8, the default for classifiers), static (calibrated QDQ), fp16 (CUDA), weight_only (MatMulNBits with --bits; the default for causal LMs, 8 bits) or int4 (= weight_only --bits 4).")] = None,
+    bits: Annotated[int, typer.Option(help="weight_only: bits per weight, 4 or 8.")] = 8,
+    algorithm: Annotated[str, typer.Option(help="weight_only/int4: rtn (round to nearest), hqq or k_quant (ONNX Runtime's data-free searches).")] = "rtn",
     block_size: Annotated[int, typer.Option(help="int4: block size along the input dimension (16-256).")] = 32,
     symmetric: Annotated[bool, typer.Option(help="int4: symmetric blocks (no zero point).")] = False,
     accuracy_level: Annotated[int, typer.Option(min=0, max=4, help="int4: MatMulNBits compute (4 = int8, fastest on CPU; 0 = unset).")] = 4,
@@ -87,7 +89,9 @@ def quantize(
         console.print(f"PyTorch int8 ({metrics['backend']}): {metrics['quantized_linears']} Linear layers quantized, "
                       f"{metrics['size_fp32_mb']:.1f} MB -> {metrics['size_mb']:.1f} MB, saved to {output}")
         return
-    cfg = pass_config(QuantizeOrtConfig, mode=mode, per_channel=per_channel, weight_type=weight_type,
+    if mode is None:  # dynamic int8 is a trap for decoders (activation outliers): their default is 8-bit weight-only
+        mode = "weight_only" if loaded.task == "text-generation" else "dynamic"
+    cfg = pass_config(QuantizeOrtConfig, mode=mode, bits=bits, algorithm=algorithm, per_channel=per_channel, weight_type=weight_type,
                       reduce_range=reduce_range, calibration_method=calibration_method, percentile=percentile,
                       calibration_samples=calibration_samples, op_types=op_types or None, exclude=exclude or [],
                       optimize=optimize, max_drop=max_drop, sensitivity=sensitivity, granularity=granularity,
@@ -186,9 +190,10 @@ def _render_causal(m: dict, output: Path) -> None:
     s = m["settings"]
     table = Table("", "value", title=f"quantized -> {output}")
     table.add_row("mode", f"{s['mode']} ({s['format']}), lm_head {s['head']}")
-    if s["mode"] == "int4":
-        table.add_row("int4", f"block {s['block_size']}, {'symmetric' if s['symmetric'] else 'asymmetric'}, "
-                      f"accuracy_level {s['accuracy_level']}")
+    if s["mode"] in ("int4", "weight_only"):
+        table.add_row("weights", f"{s['bits']}-bit {s['algorithm']}, block {s['block_size']}, "
+                      f"{'symmetric' if s['symmetric'] else 'asymmetric'}, accuracy_level {s['accuracy_level']}, "
+                      f"lm_head {s['head_bits']}-bit")
     else:
         table.add_row("types", f"weights qint8, per-channel {s['per_channel']}, reduce_range {s['reduce_range']}")
     table.add_row("quantized MatMuls", f"{m['quantized_matmuls']} (float: {m['float_matmuls']})")

@@ -20,10 +20,36 @@ def test_cli_eval_export_quantize(cli, tmp_path):
     assert r.exit_code == 0, r.output
     metrics = tmp_path / "m.json"
     r = cli(["eval", tmp_path / "q4", "--data", RTE, "--split", "validation", "--reference", "tiny:llama",
-             "--block-size", "32", "--max-blocks", "4", "--new-tokens", "4", "--json", metrics])
+             "--block-size", "32", "--max-documents", "4", "--new-tokens", "4", "--json", metrics])
     assert r.exit_code == 0, r.output
     m = json.loads(metrics.read_text())
-    assert m["blocks"] == 4 and m["perplexity"] > 1 and 0 <= m["kl"] < 0.01 and m["greedy_prompts"] == 8
+    assert m["documents"] == 4 and m["perplexity"] > 1 and 0 <= m["kl"] < 0.01 and m["greedy_prompts"] == 8
+    assert m["window"] == 32 and m["bits_per_byte"] > 0 and m["tokens"] > 0
+
+
+def test_cli_eval_scores_documents(cli, tmp_path):
+    # setup: two short documents, fewer tokens than one window (no longer an error: each is scored on its own)
+    txt = tmp_path / "a.txt"
+    txt.write_text("The sea was calm this morning.\n\nA café by the harbour opened at nine.\n")
+    metrics = tmp_path / "m.json"
+    # execute
+    r = cli(["eval", "tiny:llama", "--data", txt, "--new-tokens", "2", "--json", metrics])
+    # assert: the table shows bits per byte and documents, the JSON keeps every figure
+    assert r.exit_code == 0, r.output
+    flat = " ".join(r.output.split())  # the narrow test console wraps the title
+    assert "│ bits_per_byte │" in flat and "│ documents │ 2 │" in flat and "(2 documents, window 128 tokens)" in flat
+    m = json.loads(metrics.read_text())
+    assert m["documents"] == 2 and m["window"] == 128 and m["separator_id"] == 0
+    assert m["bytes"] == len("The sea was calm this morning.A café by the harbour opened at nine.".encode())
+    for key in ("perplexity", "nll", "tokens", "words", "bits_per_byte", "byte_perplexity", "word_perplexity",
+                "generations"):
+        assert key in m
+    # --max-blocks still works (the old name of --max-documents), and --separator picks the context token
+    r = cli(["eval", "tiny:llama", "--data", txt, "--max-blocks", "1", "--separator", "a", "--new-tokens", "1",
+             "--json", metrics])
+    assert r.exit_code == 0, r.output
+    m = json.loads(metrics.read_text())
+    assert m["documents"] == 1 and m["separator_id"] != 0
 
 
 @pytest.mark.parametrize("args, message", [
@@ -32,6 +58,7 @@ def test_cli_eval_export_quantize(cli, tmp_path):
     (["bench", "tiny:llama", "-s", "300", "-b", "1", "--no-isolate", "--iters", "1", "--rounds", "1"],
      "longer than the model's context of 256"),
     (["eval", "tiny:llama", "--data", "{txt}", "--block-size", "300"], "longer than the model's context of 256"),
+    (["eval", "tiny:llama", "--data", "{txt}", "--separator", "<|nope|>"], "not a token of the model's vocabulary"),
     (["quantize", "tiny:bert", "-o", "{tmp}/q", "--mode", "int4"], "for causal LMs"),
     (["quantize", "tiny:llama", "-o", "{tmp}/q", "--mode", "static"], "not available for causal LMs"),
 ])
@@ -45,3 +72,19 @@ def test_bad_causal_input_is_one_line(cli, tmp_path, args, message):
     assert r.exit_code == 2, r.output
     assert message in r.output and "Traceback" not in r.output
     assert len([line for line in r.output.strip().splitlines() if line.startswith("error")]) == 1
+
+
+def test_quantize_defaults_to_8bit_weight_only_for_decoders(cli, tmp_path):
+    # execute: no --mode for a causal LM
+    r = cli(["quantize", "tiny:llama", "-o", tmp_path / "q", "--json", tmp_path / "m.json"])
+    # assert: MatMulNBits at 8 bits (not the dynamic int8 that decoders' activation outliers break), rendered
+    assert r.exit_code == 0, r.output
+    settings = json.loads((tmp_path / "m.json").read_text())["settings"]
+    assert settings["mode"] == "weight_only" and settings["bits"] == 8 and "8-bit rtn" in r.output
+
+
+def test_version(cli):
+    from compress import __version__
+
+    r = cli(["--version"])
+    assert r.exit_code == 0 and r.output.strip() == f"compress {__version__}"
