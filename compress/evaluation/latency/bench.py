@@ -24,10 +24,10 @@ from compress.evaluation.latency.environment import environment, physical_cores,
 from compress.evaluation.latency.timing import causal_figures, latency_figures
 from compress.evaluation.latency.workers import (
     _cpu_seconds,
-    _LocalWorker,
     _ProcessWorker,
     _wait_quiet,
     fresh_memory,
+    local_worker,
 )
 from compress.models.causal import CAUSAL_TASK
 
@@ -92,7 +92,7 @@ def bench(models: list[str], spec: BenchSpec | None = None, *, labels: list[str]
         if spec.isolate:
             workers = [_ProcessWorker(m, device, threads, load_kwargs, spec.wait_policy) for m in models]
         else:
-            workers = [_LocalWorker(m, device, threads, load_kwargs) for m in models]
+            workers = [local_worker(m, device, threads, load_kwargs) for m in models]
         try:
             times, idle_cpu = _rounds(workers, spec, shapes, device, watch, progress)
             for i, w in enumerate(workers):
@@ -103,6 +103,8 @@ def bench(models: list[str], spec: BenchSpec | None = None, *, labels: list[str]
                 placement = w.placement(spec.batch_sizes[0], spec.seq_lens[0])
                 policies[w.info["backend"]] = policy_record(w.info, spec.wait_policy)
                 for b, s in shapes:
+                    if (i, b, s) not in times:  # a shape this runtime does not serve (peers: batch 1 only)
+                        continue
                     row = {"model": labels[i], "backend": w.info["backend"], "device": device,
                            "providers": w.info["providers"], "nodes_per_provider": placement,
                            "batch_size": b, "seq_len": s, "threads": threads,
@@ -155,6 +157,8 @@ def _rounds(workers: list, spec: BenchSpec, shapes: list[tuple[int, int]], devic
         with watch.round(device, rnd):  # load average and steal before and after the round
             for b, s in shapes:
                 for i, w in enumerate(workers):  # round-robin: every model gets a slice each round
+                    if b > w.info.get("max_batch", b):
+                        continue
                     others = [o.process for j, o in enumerate(workers) if j != i and hasattr(o, "process")]
                     _wait_quiet(others)
                     before = _cpu_seconds(others)

@@ -7,13 +7,13 @@ import sys
 
 
 def main() -> None:
-    from compress.evaluation.latency.workers import _LocalWorker
+    from compress.evaluation.latency.workers import local_worker
 
     out = sys.stdout
     sys.stdout = sys.stderr  # library chatter must not corrupt the protocol
     job = json.loads(sys.stdin.readline())
     try:
-        worker = _LocalWorker(job["source"], job["device"], job["threads"], job["load_kwargs"], isolated=True)
+        worker = local_worker(job["source"], job["device"], job["threads"], job["load_kwargs"], isolated=True)
         out.write(json.dumps({"result": worker.info}) + "\n")
     except Exception as e:  # noqa: BLE001  (any failure goes back to the parent as one line)
         out.write(json.dumps(_error(e, job["source"])) + "\n")

@@ -30,8 +30,22 @@ QUIET_WINDOW_S = 0.01
 QUIET_MAX_WAIT_S = 0.5
 
 
+# Peer runtimes timed beside our stages: `llamacpp:model.gguf`, `genai:builder_folder` (see `compress.runtime.peers`).
+PEERS = {"llamacpp": "llama.cpp", "genai": "onnxruntime-genai"}
+
+
+def peer_of(source: str) -> tuple[str, str] | None:
+    """(peer kind, path) of a peer source such as `llamacpp:teacher-q8_0.gguf`, else None."""
+    kind, sep, path = str(source).partition(":")
+    return (kind, path) if sep and kind in PEERS else None
+
+
 def backend_of(source: str) -> str:
-    """`onnxruntime` for .onnx/.ort files and folders holding model.onnx (as `load_model` decides), else `pytorch`."""
+    """`onnxruntime` for .onnx/.ort files and folders holding model.onnx (as `load_model` decides), the peer's name
+    for a peer source (`llamacpp:...`, `genai:...`), else `pytorch`."""
+    peer = peer_of(source)
+    if peer:
+        return PEERS[peer[0]]
     path = Path(str(source)).expanduser()
     if path.suffix in ONNX_SUFFIXES or (path.is_dir() and (path / "model.onnx").exists()):
         return "onnxruntime"
@@ -236,6 +250,57 @@ class _LocalWorker:
                 batch = self.inputs(batch_size, seq_len)
                 feed = {i.name: batch[i.name].numpy() for i in session.get_inputs()}
             return nodes_per_provider(session, feed)
+
+
+class _PeerWorker:
+    """A peer runtime (llama.cpp, onnxruntime-genai) timed as its users run it: prefill a prompt of real-vocabulary
+    token ids, then greedy tokens, batch 1 (what both runtimes' generation loops serve)."""
+
+    def __init__(self, source: str, device: str, threads: int, load_kwargs: dict | None = None,
+                 isolated: bool = False):
+        from compress.runtime.peers import open_peer
+
+        if device != "cpu":
+            raise CompressError(f"the peer '{source}' is timed on the CPU only", "drop cuda from the bench devices")
+        self.rss_method = ("clear_refs" if isolated else "in_process") if memory.reset_peak() else (
+            "fresh_interpreter" if isolated else None)
+        kind, path = peer_of(source)
+        self.peer = open_peer(kind, path, threads)
+        self.device, self.is_onnx, self.causal = device, False, True
+        self.info: dict = {"backend": PEERS[kind], "device": device, "task": CAUSAL_TASK, "providers": [PEERS[kind]],
+                           "max_batch": 1, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+                           "peer": self.peer.info()}
+        self.info["load_rss_mb"] = memory.status_mb("VmHWM")
+        self.vocab = int(self.info["peer"].get("vocab_size") or 1000)
+
+    def run_causal(self, batch_size: int, prompt_len: int, warmup: int, iters: int, new_tokens: int) -> dict:
+        """As `_LocalWorker.run_causal`, through the peer's own loop (its request set-up counts in the prefill)."""
+        ids = np.random.default_rng(0).integers(min(100, self.vocab // 2), self.vocab, prompt_len).astype(np.int64)
+        prefill, decode = [], []
+        for i in range(warmup + iters):
+            first = self.peer.prefill(ids, new_tokens)
+            rest = self.peer.decode(new_tokens)
+            if i >= warmup:
+                prefill.append(first * 1000.0)
+                decode.append(rest * 1000.0 / new_tokens)
+        return {"prefill_ms": prefill, "decode_ms": decode}
+
+    def peak_memory(self) -> dict:
+        return {"peak_rss_mb": memory.status_mb("VmHWM"), "load_rss_mb": self.info.get("load_rss_mb"),
+                "rss_method": self.rss_method}
+
+    def placement(self, batch_size: int, seq_len: int) -> dict:
+        return {}
+
+    def close(self) -> None:
+        self.peer.close()
+
+
+def local_worker(source: str, device: str, threads: int, load_kwargs: dict | None = None, isolated: bool = False):
+    """The worker that times `source` in this process: a peer runtime's own loop, or one of our models."""
+    if peer_of(source):
+        return _PeerWorker(source, device, threads, load_kwargs, isolated=isolated)
+    return _LocalWorker(source, device, threads, load_kwargs, isolated=isolated)
 
 
 class _ProcessWorker:
