@@ -111,6 +111,19 @@ class DomainSpec(_Strict):
     max_documents: int | None = Field(None, ge=1, description="Score at most this many documents (default: all).")
 
 
+class PeerSpec(_Strict):
+    """A runtime users deploy instead of `compress`, run on the teacher's weights, timed in the same bench and scored
+    on the same documents (perplexity, KL to the teacher): llama.cpp through llama-cpp-python (`llamacpp` extra) or
+    onnxruntime-genai's model builder and generator (`genai` extra)."""
+
+    name: str = Field(pattern=NAME_PATTERN, description="Name of the row in the report (e.g. llama.cpp-q8_0).")
+    runtime: Literal["llamacpp", "genai"] = Field(description="llamacpp or genai.")
+    precision: str = Field("f32", description="llamacpp: f32, f16 (llama.cpp's converter) or a llama.cpp quantization "
+                           "of the f32 file (Q8_0, Q4_0, Q4_K_M...); genai: fp32 or int4 (its model builder).")
+    file: str | None = Field(None, description="llamacpp: run this GGUF as it is instead of converting the teacher "
+                             "(`packaged`: the GGUF the packaged model came from, e.g. SmolLM2's Q4_1 file).")
+
+
 class EvalConfig(_Strict):
     """How every stage is scored: accuracy on `data.eval`, agreement with the teacher, size, latency."""
 
@@ -130,6 +143,8 @@ class EvalConfig(_Strict):
                              "log-likelihood (e.g. sst2, rte; see `compress.evaluation.tasks`).")
     task_limit: int | None = Field(None, ge=1, description="Causal LMs: at most this many examples per task.")
     task_data: str = Field("../shared/data", description="Causal LMs: folder holding the tasks' datasets.")
+    peers: list[PeerSpec] = Field(default_factory=list, description="Causal LMs: peer runtimes timed and scored "
+                                  "beside the stages, on the teacher's weights.")
     prompts: str | None = Field(None, description="Causal LMs: a text file of greedy-agreement prompts, one per "
                                 "line (default: a fixed English set; instruct models get them in their chat template).")
     latency: BenchSpec | None = Field(default_factory=BenchSpec,

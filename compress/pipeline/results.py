@@ -48,11 +48,12 @@ def stage_rows(recipe: Recipe, entries: list[dict], evals: list[dict], timing: d
                 for r in timing["results"] if r["model"] == entry["name"]]
         stage = recipe.stage(entry["name"]) if record else None
         stages.append({
-            "name": entry["name"], "pass": record.get("pass"), "from": record.get("from"),
+            "name": entry["name"], "pass": record.get("pass") or ("peer" if entry.get("peer") else None),
+            "from": record.get("from"), "is_peer": bool(entry.get("peer")), "peer": entry.get("peer"),
             "note": stage.note if stage else None, "is_teacher": entry is entries[0],
             "is_baseline": entry["name"] in recipe.baselines, "config": record.get("config"),
             "seconds": record.get("seconds"), "cached": entry["name"] in cached, "pass_metrics": record.get("metrics", {}), "kind": ev["kind"],
-            "backend": "onnxruntime" if ev["kind"] == "onnx" else "pytorch", "path": ev["source"],
+            "backend": ev.get("backend") or ("onnxruntime" if ev["kind"] == "onnx" else "pytorch"), "path": ev["source"],
             "accuracy": ev["metrics"].get("accuracy"), "metrics": ev["metrics"],
             "agreement": ev["agreement"],
             **({"task": CAUSAL_TASK, "perplexity": ev["metrics"]["perplexity"]} if ev.get("causal") else {}),

@@ -23,6 +23,7 @@ from typing import Any
 
 from compress.core.errors import CompressError
 from compress.pipeline import results
+from compress.pipeline.peers import prepare_peers
 from compress.pipeline.recipe import MODEL_REF, TEACHER_REF, Recipe, plan
 from compress.pipeline.results import digest, jsonable
 from compress.pipeline.score import score_stages, time_stages
@@ -228,6 +229,7 @@ def _run_locked(runner: Runner, recipe: Recipe, fresh: bool) -> dict:
         torch.set_num_threads(recipe.eval.threads)
     runner.run_stages()
     entries = runner.entries()
+    entries += prepare_peers(runner, entries[0])  # peer runtimes on the teacher's weights, after the stages
     evals = score_stages(runner, entries)
     timing = time_stages(runner, entries, evals)
     stages = results.stage_rows(recipe, entries, evals, timing, runner.reused)

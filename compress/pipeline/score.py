@@ -70,6 +70,8 @@ class Scorer:
         causal_json = folder / f"eval-causal-{digest(causal_key)}.json"
         if causal_json.exists():
             return json.loads(causal_json.read_text())
+        if entry.get("peer"):  # a peer runtime on the teacher's weights: its own log-probabilities, no model object
+            return self._peer(entry, causal_json)
         model = self.runner.load(entry["ref"])
         if is_causal(model):
             return self._causal(entry, model, causal_json)
@@ -173,3 +175,39 @@ class Scorer:
             self._domains[name] = {"texts": kept, "source": source, "split": split, "dropped_duplicates": len(dropped),
                                    "trained_on": train_source is not None and str(Path(source).resolve()) == train_source}
         return self._domains
+
+    def _peer(self, entry: dict, cached: Path) -> dict:
+        """A peer runtime scored like a stage on every eval domain, through its own next-token log-probabilities:
+        per-document perplexity, bits per byte, KL / top-1 against the teacher (no greedy or task figures)."""
+        from compress.data.causal import document_separator
+        from compress.evaluation.causal import score_documents
+        from compress.pipeline.peers import PeerForward, artifact_size
+        from compress.runtime.peers import open_peer
+
+        ev = self.runner.recipe.eval
+        if self._teacher_model is None:
+            self._teacher_model = self.runner.load(self.teacher_entry["ref"])
+        teacher = self._teacher_model
+        separator = document_separator(teacher.tokenizer, ev.separator)
+        peer = open_peer(entry["peer"]["runtime"], entry["peer"]["path"], threads=ev.threads or 2)
+        try:
+            domains = {}
+            for name, domain in self.domains().items():
+                figures = score_documents(teacher, domain["texts"], window=ev.window, separator_id=separator,
+                                          reference=teacher, threads=ev.threads, batch_size=1,
+                                          runner=PeerForward(peer))
+                domains[name] = {**figures, **{k: v for k, v in domain.items() if k != "texts"}}
+        finally:
+            peer.close()
+        headline = next(iter(domains.values()))
+        metrics = {k: headline[k] for k in ("perplexity", "nll", "tokens", "documents", "bits_per_byte")}
+        metrics.update({"kl": headline.get("kl"), "top1_agreement": headline.get("top1_agreement"),
+                        "greedy_prefix": None, "greedy_agreement": None, "domains": domains, "tasks": {},
+                        "separator_id": separator, "window": ev.window})
+        size = {**artifact_size(entry["peer"]["path"]), "params": teacher.num_parameters()}
+        facts = {"metrics": metrics, "size": jsonable(size), "kind": "peer", "source": entry["source"],
+                 "backend": {"llamacpp": "llama.cpp", "genai": "onnxruntime-genai"}[entry["peer"]["runtime"]],
+                 "causal": True}
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(cached, lambda p: p.write_text(json.dumps(facts, indent=2)))
+        return facts

@@ -118,7 +118,8 @@ def _same_precision(stages: list[dict], dev: str, b: int, s: int) -> None:
 def best_stage(results: dict) -> dict | None:
     """Among compressed stages (not teacher, not baselines): the fastest meeting every goal, else the fastest
     meeting the perplexity goal, else (no goals) the fastest on the Pareto front, else the lowest perplexity."""
-    pool = [s for s in results["stages"][1:] if not s.get("is_baseline") and s.get("perplexity") is not None]
+    pool = [s for s in results["stages"][1:] if not s.get("is_baseline") and not s.get("is_peer")
+            and s.get("perplexity") is not None]
     timed = [s for s in pool if s.get("p50_ms")]
     for ok in (lambda s: s.get("meets_goals") is True, lambda s: s.get("verdicts", {}).get("perplexity") is True):
         chosen = [s for s in timed if ok(s)]
@@ -201,7 +202,8 @@ def stage_rows(results: dict) -> list[list[str]]:
     rows = []
     for s in results["stages"]:
         name = s["name"] + (" (teacher)" if s is results["stages"][0] and s["name"] != "teacher" else "")
-        name += (" (baseline)" if s.get("is_baseline") else "") + (" ★" if s["name"] == best else "")
+        name += (" (baseline)" if s.get("is_baseline") else "") + (" (peer)" if s.get("is_peer") else "")
+        name += " ★" if s["name"] == best else ""
         a = s.get("agreement") or {}
         rows.append([name, s.get("pass") or "-", s.get("from") or "-", s.get("backend", "-"), _f(s.get("perplexity"), "{:.3f}"),
                      _f(None if s.get("ppl_increase") is None else 100 * s["ppl_increase"], "{:+.2f}"),
