@@ -27,7 +27,6 @@ from compress.cli.app import (
     TrustRemoteCodeOpt,
     app,
     console,
-    data_spec,
     load_model_from_options,
     pass_config,
 )
@@ -139,9 +138,9 @@ def _recover(on: bool, data, epochs, max_steps, lr, batch_size, max_length):
 
 def _run(cfg, model, output: Path, data, split, eval_split, limit, text_field, text_pair_field, load_opts) -> dict:
     """Load the model (and data), then run the pass and save atomically (`compress.pipeline.apply`)."""
+    from compress.cli.train import load_train_eval
     from compress.core.errors import CompressError
     from compress.core.paths import guard_output
-    from compress.data.examples import load_examples
     from compress.passes.base import DataBundle
     from compress.pipeline.apply import apply_pass
 
@@ -151,9 +150,7 @@ def _run(cfg, model, output: Path, data, split, eval_split, limit, text_field, t
         raise CompressError(f"'{model}' is an ONNX model; {cfg.type} edits PyTorch models", "pass the PyTorch model")
     train = evals = None
     if cfg.recover is not None or data:  # training data for recovery; calibration text for decoder pruning
-        train = load_examples(data_spec(data, split, text_field, text_pair_field, limit=limit))
-        if eval_split:
-            evals = load_examples(data_spec(data, eval_split, text_field, text_pair_field))
+        train, evals = load_train_eval(data, split, eval_split, text_field, text_pair_field, limit=limit)
     record = {"pass": cfg.type, "config": cfg.model_dump(mode="json"), "source": model}
     return apply_pass(loaded, cfg, output, data=DataBundle(train=train, eval=evals),
                       record=record, progress=True).metrics

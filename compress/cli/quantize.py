@@ -28,6 +28,18 @@ from compress.cli.app import (
     pass_config,
 )
 
+BLOCK_SIZES = (16, 32, 64, 128, 256)  # what MatMulNBits takes (compress.techniques.quantize.config checks it too)
+
+
+def _block_size_bound(value: int) -> int:
+    """The bound of --block-size, checked as the option is parsed: one line naming the option."""
+    if value not in BLOCK_SIZES:
+        from compress.core.errors import CompressError
+
+        raise CompressError(f"--block-size {value} is not a MatMulNBits block size",
+                            f"pass --block-size {', '.join(map(str, BLOCK_SIZES))}")
+    return value
+
 
 @app.command()
 def quantize(
@@ -36,7 +48,7 @@ def quantize(
     mode: Annotated[str | None, typer.Option(help="dynamic (int8, the default for classifiers), static (calibrated QDQ), fp16 (CUDA), weight_only (MatMulNBits with --bits; the default for causal LMs, 8 bits) or int4 (= weight_only --bits 4).")] = None,
     bits: Annotated[int, typer.Option(help="weight_only: bits per weight, 4 or 8.")] = 8,
     algorithm: Annotated[str, typer.Option(help="weight_only/int4: rtn (round to nearest), hqq or k_quant (ONNX Runtime's data-free searches).")] = "rtn",
-    block_size: Annotated[int, typer.Option(help="int4: block size along the input dimension (16-256).")] = 32,
+    block_size: Annotated[int, typer.Option(callback=_block_size_bound, help="int4: block size along the input dimension: 16, 32, 64, 128 or 256.")] = 32,
     symmetric: Annotated[bool, typer.Option(help="int4: symmetric blocks (no zero point).")] = False,
     accuracy_level: Annotated[int, typer.Option(min=0, max=4, help="int4: MatMulNBits compute (4 = int8, fastest on CPU; 0 = unset).")] = 4,
     head: Annotated[str, typer.Option(help="Causal LMs: lm_head precision: int8 (default), fp32 or int4.")] = "int8",

@@ -52,7 +52,18 @@ from compress.cli.app import (
     console,
     data_spec,
     load_model_from_options,
+    pass_config,
 )
+
+
+def _at_least(value: int, low: int, option: str) -> int:
+    """An option's lower bound, checked as it is parsed: one CompressError line naming the option (typer's own
+    bound error is a usage box)."""
+    if value < low:
+        from compress.core.errors import CompressError
+
+        raise CompressError(f"{option} {value} is too small (at least {low})", f"pass {option} {low} or more")
+    return value
 
 
 def _train_settings(**options) -> dict:
@@ -63,10 +74,28 @@ def _train_settings(**options) -> dict:
 
 def _load_data(data, split, eval_split, text_field, text_pair_field, label_field, limit, eval_limit):
     from compress.core.errors import CompressError
-    from compress.data.examples import load_examples
 
     if not data:
         raise CompressError("no training data", "pass --data (e.g. ../shared/data/sst2 --split train)")
+    return load_train_eval(data, split, eval_split, text_field, text_pair_field, label_field, limit, eval_limit)
+
+
+def load_train_eval(data, split, eval_split, text_field="text", text_pair_field=None, label_field="label",
+                    limit=None, eval_limit=None):
+    """Training (and evaluation) examples from the CLI's data options. A plain `.txt` file (causal LMs: one text
+    per paragraph) is read by `compress.data.causal.load_texts`; with --eval-split its texts are split by a hash
+    of their content into a training and a held-out side (`TextSource.part`), else all of them train."""
+    from compress.data.examples import load_examples
+
+    if Path(str(data)).suffix == ".txt":
+        from compress.data.causal import TextSource, load_texts
+        from compress.data.examples import Examples
+
+        def texts(part, at_most):
+            found = load_texts(TextSource(source=str(data), part=part))
+            return Examples(texts=found[:at_most] if at_most else found, origin=str(data))
+
+        return texts("train" if eval_split else "all", limit), texts("heldout", eval_limit) if eval_split else None
     train = load_examples(data_spec(data, split, text_field, text_pair_field, label_field, limit))
     evals = load_examples(data_spec(data, eval_split, text_field, text_pair_field, label_field, eval_limit)) if eval_split else None
     return train, evals
@@ -105,12 +134,14 @@ def finetune(
     from compress.passes.base import DataBundle
     from compress.passes.finetune import FinetuneConfig
     from compress.pipeline.apply import apply_pass
+    from compress.training.finetune import check_trainable_classifier
 
     guard_output(output, [model, data, arch])
     train, evals = _load_data(data, split, eval_split, text_field, text_pair_field, label_field, limit, eval_limit)
     loaded = load_model_from_options(model, task or _default_task(model), num_labels or train.num_labels, arch,
                                      allow_pickle, trust_remote_code)
-    cfg = FinetuneConfig(**_train_settings(
+    check_trainable_classifier(loaded)  # before any work: a causal LM would crash mid-run
+    cfg = pass_config(FinetuneConfig, **_train_settings(
         epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
         warmup_ratio=warmup_ratio, grad_clip=grad_clip, max_length=max_length, seed=seed, patience=patience,
         checkpoint_every=checkpoint_every, resume=resume, mixed_precision=mixed_precision))
@@ -133,7 +164,7 @@ def distill(
     layer_map: Annotated[str | None, typer.Option(help="Teacher layer (0-based) per student layer, e.g. '1,3,5'.")] = None,
     projection: Annotated[bool, typer.Option(help="Learn a linear projection when hidden widths differ.")] = True,
     cache_dir: Annotated[Path | None, typer.Option(help="Where teacher logits are cached (default $COMPRESS_CACHE or ~/.cache/compress).")] = None,
-    block_size: Annotated[int, typer.Option(min=8, help="Causal LMs: tokens per packed training block.")] = 256,
+    block_size: Annotated[int, typer.Option(callback=lambda v: _at_least(v, 8, "--block-size"), help="Causal LMs: tokens per packed training block (at least 8, at most the context length).")] = 256,
     max_blocks: Annotated[int | None, typer.Option(min=1, help="Causal LMs: at most this many training blocks.")] = None,
     teacher_logits: Annotated[str, typer.Option(help="Causal LMs: topk (teacher's top-k cached once) or online (full teacher pass per step).")] = "topk",
     top_k: Annotated[int, typer.Option(min=1, help="Causal LMs: teacher tokens kept per position (topk).")] = 64,
@@ -162,10 +193,10 @@ def distill(
     s = _torch_only(load_model_from_options(student, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code), student) if student else None
     # Without labels the loss is all KL, except for causal LMs, whose labels are the next tokens.
     labelled = train.labels is not None or is_causal(t)
-    cfg = DistillConfig(**_train_settings(
+    cfg = pass_config(DistillConfig, **_train_settings(
         temperature=temperature, alpha=alpha if alpha is not None else (0.5 if labelled else 1.0),
         hidden_weight=hidden_weight, attention_weight=attention_weight, projection=projection,
-        layer_map=[int(x) for x in layer_map.split(",")] if layer_map else None, student_layers=student_layers,
+        layer_map=_layer_map(layer_map), student_layers=student_layers,
         epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
         warmup_ratio=warmup_ratio, grad_clip=grad_clip, max_length=max_length, seed=seed, patience=patience,
         checkpoint_every=checkpoint_every, resume=resume, mixed_precision=mixed_precision,
@@ -176,6 +207,17 @@ def distill(
                                 "config": cfg.model_dump()},
                         record_file="metrics.json", metrics_key=None, progress=progress, cache_dir=cache_dir)
     _done("distill", result.metrics, output)
+
+
+def _layer_map(text: str | None) -> list[int] | None:
+    from compress.core.errors import CompressError
+
+    if not text:
+        return None
+    try:
+        return [int(x) for x in text.split(",")]
+    except ValueError:
+        raise CompressError(f"--layer-map '{text}' is not a list of layer numbers", "pass e.g. --layer-map 1,3,5") from None
 
 
 def _default_task(model: str) -> str | None:

