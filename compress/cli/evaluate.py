@@ -114,13 +114,14 @@ def _causal(loaded, ref, model, data, split, text_field, part, window, max_docum
         raise CompressError(f"the reference is a {ref.task} model, not a causal LM", "pass the causal teacher as --reference")
     texts = load_texts(TextSource(data, split=split, text_field=text_field, part=part))[:max_documents]
     sep = document_separator(loaded.tokenizer, separator)
+    # One runner per model for scoring and generation (an ONNX model is one session, not two).
+    run, ref_run = CausalRunner(loaded), (CausalRunner(ref) if ref is not None else None)
     with Progress(console=console, transient=True, disable=not console.is_terminal) as progress:
         bar = progress.add_task("scoring documents", total=len(texts))
         metrics = score_documents(loaded, texts, window=window, separator_id=sep, reference=ref,
-                                  batch_size=min(batch_size, 8),
+                                  batch_size=min(batch_size, 8), runner=run, reference_runner=ref_run,
                                   on_progress=lambda d, t: progress.update(bar, completed=d, total=t))
-    metrics.update(greedy_agreement(CausalRunner(loaded), prompt_ids(loaded.tokenizer), new_tokens,
-                                    reference=CausalRunner(ref) if ref is not None else None))
+    metrics.update(greedy_agreement(run, prompt_ids(loaded.tokenizer), new_tokens, reference=ref_run))
     table = Table("metric", "value", title=f"{model} on {data}{':' + split if split else ''} "
                   f"({metrics['documents']} documents, window {metrics['window']} tokens)")
     for key in ("perplexity", "bits_per_byte", "word_perplexity", "nll", "tokens", "documents", "kl",

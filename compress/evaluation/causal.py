@@ -139,7 +139,7 @@ def rolling_windows(tokens: list[int], separator_id: int, window: int) -> list[t
 
 def score_documents(model, texts: list[str], *, window: int, separator_id: int, batch_size: int = 8,
                     reference=None, device: str = "cpu", threads: int | None = None,
-                    on_progress: Callable[[int, int], None] | None = None, runner=None) -> dict:
+                    on_progress: Callable[[int, int], None] | None = None, runner=None, reference_runner=None) -> dict:
     """Per-document perplexity of `model` on `texts`, the lm-evaluation-harness way; with `reference`, KL and top-1
     agreement over the same target positions.
 
@@ -154,8 +154,9 @@ def score_documents(model, texts: list[str], *, window: int, separator_id: int, 
         texts: the documents (empty ones, and ones with no token, are skipped).
         window: the most tokens the model reads per forward pass (at most its context length).
         runner: something with `forward(ids, mask) -> (logits, _)` and `check_length(n)` that stands in for the
-            model's own runner (a peer runtime: `compress.runtime.peers.PeerForward`); `model` then only gives the
-            tokenizer.
+            model's own runner (a runner made once for several calls, or a peer runtime:
+            `compress.pipeline.peers.PeerForward`); `model` then only gives the tokenizer.
+        reference_runner: the reference's runner, made once by a caller that scores several domains.
         separator_id: the token before every document (`compress.data.causal.document_separator`).
         batch_size: windows per forward pass.
         reference: the model to compare with (usually the teacher); must share the tokenizer.
@@ -172,7 +173,9 @@ def score_documents(model, texts: list[str], *, window: int, separator_id: int, 
         raise CompressError(f"scoring window {window} is too small", "use a window of at least 1 token")
     run = runner if runner is not None else CausalRunner(model, device=device, threads=threads)
     run.check_length(window)
-    ref = CausalRunner(reference, device=device, threads=threads) if reference is not None else None
+    ref = reference_runner
+    if ref is None and reference is not None:
+        ref = CausalRunner(reference, device=device, threads=threads)
     if ref is not None:
         check_same_vocabulary(model, reference)
     docs = [t for t in texts if t and t.strip()]

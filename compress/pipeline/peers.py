@@ -125,4 +125,4 @@ def artifact_size(path: str) -> dict:
     """Bytes on disk of a peer's artifact (a GGUF file, or a genai folder's files)."""
     p = Path(path)
     raw = p.stat().st_size if p.is_file() else sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
-    return {"size_mb": raw / 1e6, "zipped_mb": raw / 1e6, "nonzero_fraction": 1.0}
+    return {"size_mb": raw / 1e6, "zipped_mb": None, "nonzero_fraction": None}  # not measured for a peer

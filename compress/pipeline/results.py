@@ -57,10 +57,14 @@ def stage_rows(recipe: Recipe, entries: list[dict], evals: list[dict], timing: d
             "accuracy": ev["metrics"].get("accuracy"), "metrics": ev["metrics"],
             "agreement": ev["agreement"],
             **({"task": CAUSAL_TASK, "perplexity": ev["metrics"]["perplexity"]} if ev.get("causal") else {}),
-            "size_mb": round(size["size_mb"], 3), "zipped_mb": round(size["zipped_mb"], 3), "params": size["params"],
-            "nonzero_fraction": round(size["nonzero_fraction"], 4), "latency": rows,
+            "size_mb": round(size["size_mb"], 3), "zipped_mb": _round(size["zipped_mb"], 3), "params": size["params"],
+            "nonzero_fraction": _round(size["nonzero_fraction"], 4), "latency": rows,
         })
     return stages
+
+
+def _round(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
 
 
 def lineage_rows(steps: list, records: dict[str, dict], cached: set[str]) -> list[dict]:

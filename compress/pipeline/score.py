@@ -124,14 +124,17 @@ class Scorer:
                 self._teacher_model = self.runner.load(teacher_entry["ref"])
         reference = None if is_teacher else self._teacher_model
         separator = document_separator(model.tokenizer, ev.separator)
+        # One runner per model for every domain and the generations (an ONNX stage is one session, not four).
+        run = CausalRunner(model, threads=ev.threads)
+        ref_run = CausalRunner(reference, threads=ev.threads) if reference is not None else None
         domains = {}
         for name, domain in self.domains().items():
             figures = score_documents(model, domain["texts"], window=ev.window, separator_id=separator,
-                                      reference=reference, threads=ev.threads)
+                                      reference=reference, threads=ev.threads, runner=run, reference_runner=ref_run)
             domains[name] = {**figures, **{k: v for k, v in domain.items() if k != "texts"}}
         headline = next(iter(domains.values()))
         prompts = prompt_ids(model.tokenizer, load_prompts(ev.prompts) if ev.prompts else PROMPTS)
-        generation = greedy_agreement(CausalRunner(model, threads=ev.threads), prompts, ev.new_tokens,
+        generation = greedy_agreement(run, prompts, ev.new_tokens,
                                       reference_generations=self._teacher_generations)
         tasks = {task: zero_shot(model, task, data_root=ev.task_data, limit=ev.task_limit, threads=ev.threads)
                  for task in ev.tasks}
@@ -182,6 +185,7 @@ class Scorer:
         from compress.data.causal import document_separator
         from compress.evaluation.causal import score_documents
         from compress.pipeline.peers import PeerForward, artifact_size
+        from compress.runtime.causal import CausalRunner
         from compress.runtime.peers import open_peer
 
         ev = self.runner.recipe.eval
@@ -191,11 +195,11 @@ class Scorer:
         separator = document_separator(teacher.tokenizer, ev.separator)
         peer = open_peer(entry["peer"]["runtime"], entry["peer"]["path"], threads=ev.threads or 2)
         try:
-            domains = {}
+            domains, teacher_run = {}, CausalRunner(teacher, threads=ev.threads)
             for name, domain in self.domains().items():
                 figures = score_documents(teacher, domain["texts"], window=ev.window, separator_id=separator,
                                           reference=teacher, threads=ev.threads, batch_size=1,
-                                          runner=PeerForward(peer))
+                                          runner=PeerForward(peer), reference_runner=teacher_run)
                 domains[name] = {**figures, **{k: v for k, v in domain.items() if k != "texts"}}
         finally:
             peer.close()

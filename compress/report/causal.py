@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import copy
 
-from compress.report.intervals import crosses, speedup_ci
+from compress.report.intervals import crosses, speedup_ci, with_ci
+from compress.report.intervals import verdict as _verdict
 
 CAUSAL_TASK = "text-generation"
 
@@ -183,20 +184,6 @@ def _size(mb) -> str:
     return "-" if mb is None else (f"{mb:.1f}" if mb >= 10 else f"{mb:.3g}")
 
 
-def _verdict(stage: dict) -> str:
-    v = stage.get("verdicts") or {}
-    unsure = set(stage.get("uncertain") or [])
-    return " ".join(f"{k} {'ok' if ok else ('-' if ok is None else 'MISS')}{' (CI crosses goal)' if k in unsure else ''}"
-                    for k, ok in v.items()) or "-"
-
-
-def _ci(value, ci, fmt: str, unit: str = "") -> str:
-    """A figure and its 95% interval over rounds, when the bench measured one."""
-    if value is None:
-        return "-"
-    return fmt.format(value) + unit + (f" [{fmt.format(ci[0])}-{fmt.format(ci[1])}]" if ci else "")
-
-
 def stage_rows(results: dict) -> list[list[str]]:
     best = (results.get("summary") or {}).get("best")
     rows = []
@@ -209,9 +196,9 @@ def stage_rows(results: dict) -> list[list[str]]:
                      _f(None if s.get("ppl_increase") is None else 100 * s["ppl_increase"], "{:+.2f}"),
                      _f(a.get("kl"), "{:.4f}"), _f(None if a.get("top1_agreement") is None else 100 * a["top1_agreement"]),
                      _f(a.get("greedy_prefix"), "{:.1f}"), _size(s.get("size_mb")), f"{s.get('params') or 0:,}",
-                     _ci(s.get("decode_tokens_per_s"), s.get("decode_tokens_per_s_ci95"), "{:.1f}"),
-                     _ci(s.get("ttft_ms"), s.get("ttft_ms_ci95"), "{:.1f}"),
-                     _ci(s.get("speedup"), s.get("speedup_ci95"), "{:.2f}", "x"),
+                     with_ci(s.get("decode_tokens_per_s"), s.get("decode_tokens_per_s_ci95"), "{:.1f}"),
+                     with_ci(s.get("ttft_ms"), s.get("ttft_ms_ci95"), "{:.1f}"),
+                     with_ci(s.get("speedup"), s.get("speedup_ci95"), "{:.2f}", "x"),
                      (_f(s.get("speedup_vs_same_precision"), "{:.2f}x") + f" ({s['same_precision_baseline']})"
                       if s.get("speedup_vs_same_precision") is not None else "-"), _verdict(s)])
     return rows

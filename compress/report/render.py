@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from compress.report import causal
+from compress.report.intervals import verdict as _verdict
+from compress.report.intervals import with_ci
 
 
 def _pct(x) -> str:
@@ -26,23 +28,6 @@ def _size(mb) -> str:
     if mb is None:
         return "-"
     return f"{mb:.1f}" if mb >= 10 else f"{mb:.3g}"
-
-
-def _verdict(stage: dict) -> str:
-    v = stage.get("verdicts") or {}
-    if not v:
-        return "-"
-    unsure = set(stage.get("uncertain") or [])
-    return " ".join(f"{k} {'ok' if ok else ('-' if ok is None else 'MISS')}{' (CI crosses goal)' if k in unsure else ''}"
-                    for k, ok in v.items())
-
-
-def with_ci(value, ci, fmt: str = "{:.2f}", unit: str = "") -> str:
-    """`1.90x [1.62-2.10]`: a figure and its 95% interval (the figure alone when no interval was measured)."""
-    if value is None:
-        return "-"
-    text = fmt.format(value) + unit
-    return text if not ci else f"{text} [{fmt.format(ci[0])}-{fmt.format(ci[1])}]"
 
 
 def _shape(results: dict) -> str:
