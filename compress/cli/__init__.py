@@ -7,7 +7,7 @@ import importlib
 from compress.cli.app import app
 
 # One module per command group; each registers its commands on `app` when imported.
-COMMAND_MODULES = ["export", "evaluate", "bench", "train", "prune", "run", "quantize", "search"]
+COMMAND_MODULES = ["export", "evaluate", "bench", "train", "prune", "run", "quantize", "search", "generate"]
 
 for _name in COMMAND_MODULES:
     importlib.import_module(f"compress.cli.{_name}")

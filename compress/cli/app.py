@@ -55,6 +55,8 @@ class _Group(TyperGroup):
         except KeyboardInterrupt:
             typer.echo("interrupted: re-run the same command to resume where it stopped", err=True)
             raise typer.Exit(130) from None
+        finally:
+            console.stderr = False  # `--json -` sent rich output to stderr for one command only
 
 
 app = typer.Typer(
@@ -78,14 +80,14 @@ def _main(version: Annotated[bool, typer.Option("--version", callback=_version, 
 
 # --- shared options ----------------------------------------------------------------------------------------
 
-ModelArg = Annotated[str, typer.Argument(help="Model: HF folder or hub id, 'minilm', .pt/.onnx file, tiny:bert.")]
-TaskOpt = Annotated[str | None, typer.Option(help="Task (default: from the config): text-classification, feature-extraction, image-classification.")]
+ModelArg = Annotated[str, typer.Argument(help="Model: HF folder or hub id, 'minilm', 'smollm2', .pt/.onnx file, tiny:bert, tiny:llama.")]
+TaskOpt = Annotated[str | None, typer.Option(help="Task (default: from the config): text-classification, feature-extraction, image-classification, text-generation (causal LMs).")]
 NumLabelsOpt = Annotated[int | None, typer.Option(min=2, help="Classes of a new classification head.")]
 ArchOpt = Annotated[str | None, typer.Option(help="Architecture of a bare state dict: HF config folder or builder name.")]
 AllowPickleOpt = Annotated[bool, typer.Option(help="Allow loading a fully pickled module (runs code from the file).")]
 TrustRemoteCodeOpt = Annotated[bool, typer.Option(help="Allow custom modelling code from the hub.")]
 
-DataOpt = Annotated[str | None, typer.Option(help="Data: JSONL/CSV/TSV file, folder of split files, saved dataset, builtin:digits, hub name.")]
+DataOpt = Annotated[str | None, typer.Option(help="Data: JSONL/CSV/TSV file, folder of split files, saved dataset, builtin:digits, hub name; causal LMs: also a .txt file (one document per paragraph).")]
 SplitOpt = Annotated[str | None, typer.Option(help="Split (file stem in a data folder, or dataset split).")]
 TextFieldOpt = Annotated[str, typer.Option(help="Field holding the text.")]
 TextPairFieldOpt = Annotated[str | None, typer.Option(help="Field holding the second text of a pair.")]
@@ -97,19 +99,19 @@ InputShapeOpt = Annotated[str | None, typer.Option(help="Vision/plain PyTorch mo
 # --- training and recovery options: one group for finetune, distill and prune/factorize --recover --------------
 
 TrainSplitOpt = Annotated[str, typer.Option("--split", help="Training split.")]
-EvalSplitOpt = Annotated[str | None, typer.Option("--eval-split", help="Split scored after each epoch (best epoch kept), e.g. dev.")]
-EvalLimitOpt = Annotated[int | None, typer.Option(min=1, help="Use at most this many evaluation examples.")]
+EvalSplitOpt = Annotated[str | None, typer.Option("--eval-split", help="Split scored after each epoch (best epoch kept), e.g. dev; with a .txt file, any name holds out its hash-split side.")]
+EvalLimitOpt = Annotated[int | None, typer.Option(min=1, help="Use at most this many evaluation examples (causal LMs: texts).")]
 LimitTrainOpt = Annotated[int | None, typer.Option(min=1, help="Use at most this many training examples.")]
 EpochsOpt = Annotated[float, typer.Option(min=0.01, help="Passes over the training data (fractions allowed).")]
 MaxStepsOpt = Annotated[int | None, typer.Option(min=1, help="Total optimizer steps (overrides --epochs).")]
-BatchOpt = Annotated[int, typer.Option(min=1, help="Examples per step (per process).")]
+BatchOpt = Annotated[int, typer.Option(min=1, help="Examples per step (per process; causal LMs: token windows).")]
 LrOpt = Annotated[float, typer.Option(min=0.0, help="Peak AdamW learning rate.")]
-MaxLenOpt = Annotated[int, typer.Option(min=2, help="Token truncation length.")]
+MaxLenOpt = Annotated[int, typer.Option(min=2, help="Classifiers: token truncation length (causal LMs read --window tokens).")]
 WdOpt = Annotated[float, typer.Option(min=0.0, help="AdamW weight decay.")]
 WarmupOpt = Annotated[float, typer.Option(min=0.0, max=0.99, help="Fraction of steps of linear warm-up.")]
 ClipOpt = Annotated[float, typer.Option(min=0.0, help="Gradient-norm clip (0 = off).")]
 SeedOpt = Annotated[int, typer.Option(help="Seed: same seed, same run.")]
-PatienceOpt = Annotated[int | None, typer.Option(min=1, help="Stop after N epochs without a better eval accuracy.")]
+PatienceOpt = Annotated[int | None, typer.Option(min=1, help="Stop after N evaluations without a better eval score (accuracy; causal LMs: held-out loss).")]
 CkptOpt = Annotated[int | None, typer.Option(min=1, help="Save a resumable checkpoint every N steps.")]
 ResumeOpt = Annotated[bool, typer.Option(help="Continue an interrupted run from its last checkpoint.")]
 PrecisionOpt = Annotated[str, typer.Option(help="auto, no, fp16 or bf16 (GPU only; CPU always trains in fp32).")]
@@ -157,3 +159,45 @@ def pass_config(cls, **kwargs):
         if err["type"] == "literal_error":
             raise CompressError(f"unknown {where} '{err['input']}'", f"use one of: {err['ctx']['expected']}") from None
         raise CompressError(f"invalid {where}: {err['msg']}", "see --help for the allowed values") from None
+
+
+# --- `--json PATH`, or `--json -` for stdout -------------------------------------------------------------------
+
+JSON_STDOUT = "-"
+
+
+def json_destination(path: Path | None, inputs=()) -> None:
+    """Prepare `--json`: a file is guarded like any output; `-` keeps stdout for the JSON alone, so everything
+    rich prints goes to stderr until the command ends (`_Group.invoke` restores it)."""
+    if path is None:
+        return
+    if str(path) == JSON_STDOUT:
+        console.stderr = True
+        return
+    from compress.core.paths import guard_output
+
+    guard_output(path, list(inputs), kind="file", what="--json")
+
+
+def write_json(path: Path | None, data) -> None:
+    """Write `--json`'s data: to stdout for `-`, else to the file."""
+    import json
+
+    if path is None:
+        return
+    text = json.dumps(data, indent=2, default=float)
+    if str(path) == JSON_STDOUT:
+        typer.echo(text)
+    else:
+        path.write_text(text)
+
+
+WINDOW_RENAMED = " (--block-size now means only the quantization block of `compress quantize`)"
+
+
+def deprecated(old: str, new: str, value, current, why: str = ""):
+    """A hidden old option name still works: its value wins, with a one-line note on stderr."""
+    if value is None:
+        return current
+    typer.echo(f"note: {old} is deprecated here; use {new}{why}", err=True)
+    return value

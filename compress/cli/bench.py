@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from compress.cli.app import NumLabelsOpt, TaskOpt, app, console
+from compress.cli.app import NumLabelsOpt, TaskOpt, app, console, json_destination, write_json
 
 
 @app.command()
 def bench(
     models: Annotated[list[str], typer.Argument(help="Models to time (PyTorch and/or ONNX), interleaved.")],
     batch_size: Annotated[list[int], typer.Option("--batch-size", "-b", min=1, help="Batch sizes (repeat).")] = [1, 8],
-    seq_len: Annotated[list[int], typer.Option("--seq-len", "-s", min=2, help="Sequence lengths (repeat).")] = [128],
+    seq_len: Annotated[list[int], typer.Option("--seq-len", "-s", min=2, help="Sequence lengths (repeat; causal LMs: prompt lengths).")] = [128],
     device: Annotated[list[str], typer.Option(help="cpu and/or cuda (cuda skipped without a GPU).")] = ["cpu"],
     threads: Annotated[int | None, typer.Option(min=1, help="Threads (default: physical cores).")] = None,
     warmup: Annotated[int, typer.Option(min=0, help="Untimed runs per shape.")] = 10,
@@ -23,10 +22,14 @@ def bench(
     rounds: Annotated[int, typer.Option(min=1, help="Round-robin rounds across models.")] = 3,
     isolate: Annotated[bool, typer.Option(help="One worker process per model (recommended).")] = True,
     new_tokens: Annotated[int, typer.Option(min=1, help="Causal LMs: greedy tokens decoded after each prompt (-s = prompt length).")] = 32,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Write the results and environment here.")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the results and environment here ('-': to stdout, the tables then go to stderr).")] = None,
     task: TaskOpt = None, num_labels: NumLabelsOpt = None,
 ) -> None:
-    """Time MODELS: warm-up, then p50/p90/p99 and throughput per batch size x sequence length."""
+    """Time MODELS: warm-up, then p50/p90/p99 and throughput per batch size x sequence length (causal LMs: prefill,
+    time to first token and decode tokens/s).
+
+    Example: compress bench runs/teacher-sst2 runs/student-int8/model.onnx -b 1 -b 8 -s 128 --json bench.json
+    """
     from rich.progress import Progress
     from rich.table import Table
 
@@ -34,10 +37,7 @@ def bench(
     from compress.evaluation.latency.bench import BenchSpec
     from compress.evaluation.latency.bench import bench as run_bench
 
-    if json_out is not None:
-        from compress.core.paths import guard_output
-
-        guard_output(json_out, models, kind="file", what="--json")
+    json_destination(json_out, models)
     bad = [d for d in device if d not in ("cpu", "cuda")]
     if bad:
         raise CompressError(f"unknown device '{bad[0]}'", "use --device cpu or --device cuda")
@@ -71,8 +71,7 @@ def bench(
     for r in result["results"]:
         if "warning" in r:
             console.print(f"[yellow]warning[/]: {r['model']}: {r['warning']}")
-    if json_out:
-        json_out.write_text(json.dumps(result, indent=2))
+    write_json(json_out, result)
 
 
 def _nodes(row: dict) -> str:

@@ -3,18 +3,17 @@ perplexity (with bits per byte and word perplexity), KL / top-1 / greedy agreeme
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from compress.cli.app import (
+    WINDOW_RENAMED,
     AllowPickleOpt,
     ArchOpt,
     DataOpt,
     LabelFieldOpt,
-    LimitOpt,
     ModelArg,
     NumLabelsOpt,
     SplitOpt,
@@ -25,7 +24,10 @@ from compress.cli.app import (
     app,
     console,
     data_spec,
+    deprecated,
+    json_destination,
     load_model_from_options,
+    write_json,
 )
 
 
@@ -34,21 +36,26 @@ def evaluate(
     model: ModelArg,
     data: DataOpt = None,
     split: SplitOpt = None, text_field: TextFieldOpt = "text", text_pair_field: TextPairFieldOpt = None,
-    label_field: LabelFieldOpt = "label", limit: LimitOpt = None,
-    reference: Annotated[str | None, typer.Option(help="Another model to compare outputs with.")] = None,
+    label_field: LabelFieldOpt = "label",
+    limit: Annotated[int | None, typer.Option(min=1, help="Use at most this many examples (causal LMs: documents; "
+                                              "--zero-shot: examples per task).")] = None,
+    reference: Annotated[str | None, typer.Option(help="Another model to compare outputs with (causal LMs: the "
+                                                  "teacher, for KL, top-1 and greedy agreement).")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Evaluation batch size.")] = 64,
-    max_length: Annotated[int, typer.Option(min=2, help="Token truncation length.")] = 128,
-    block_size: Annotated[int, typer.Option(min=2, help="Causal LMs: the scoring window, the most tokens read per "
-                                            "forward pass (longer documents are scored in rolling windows).")] = 128,
-    max_documents: Annotated[int | None, typer.Option(min=1, help="Causal LMs: score at most this many documents "
-                                                      "(default: all).")] = None,
-    max_blocks: Annotated[int | None, typer.Option(min=1, hidden=True, help="Old name of --max-documents.")] = None,
+    max_length: Annotated[int, typer.Option(min=2, help="Classifiers: token truncation length (causal LMs read "
+                                            "--window tokens).")] = 128,
+    window: Annotated[int, typer.Option(min=2, help="Causal LMs: the scoring window, the most tokens read per "
+                                        "forward pass (longer documents are scored in rolling windows).")] = 128,
+    block_size: Annotated[int | None, typer.Option(min=2, hidden=True, help="Old name of --window.")] = None,
+    max_documents: Annotated[int | None, typer.Option(min=1, hidden=True, help="Old name of --limit.")] = None,
+    max_blocks: Annotated[int | None, typer.Option(min=1, hidden=True, help="Old name of --limit.")] = None,
     separator: Annotated[str | None, typer.Option(help="Causal LMs: the token before each document (default: "
                                                   "<|endoftext|> if the vocabulary has it, else BOS when the tokenizer "
                                                   "adds it, else EOS).")] = None,
     new_tokens: Annotated[int, typer.Option(min=1, help="Causal LMs: greedy tokens per prompt for generation agreement.")] = 32,
     part: Annotated[str, typer.Option(help="Causal LMs: all texts, or the train / heldout side of the hash split.")] = "all",
-    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the metrics here.")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the metrics here ('-': to stdout, "
+                                                  "the table then goes to stderr).")] = None,
     zero_shot: Annotated[list[str] | None, typer.Option("--zero-shot", help="Causal LMs: score a zero-shot task by the "
                                                     "answers' log-likelihood (lm-eval's method): sst2, rte, emotion; "
                                                     "repeatable; needs no --data.")] = None,
@@ -56,28 +63,35 @@ def evaluate(
     task: TaskOpt = None, num_labels: NumLabelsOpt = None, arch: ArchOpt = None,
     allow_pickle: AllowPickleOpt = False, trust_remote_code: TrustRemoteCodeOpt = False,
 ) -> None:
-    """Score MODEL (PyTorch or ONNX, one scoring path) on labelled data."""
+    """Score MODEL (PyTorch or ONNX, one scoring path): accuracy on labelled data, or a causal LM's per-document
+    perplexity on text (with KL and agreement against --reference).
+
+    Example: compress eval tiny:llama --data ../shared/data/rte --split validation --window 128 --limit 50 --json -
+    """
     from rich.table import Table
 
     from compress.core.errors import CompressError
     from compress.data.examples import load_examples
     from compress.evaluation.accuracy import evaluate as run_eval
 
+    window = deprecated("--block-size", "--window", block_size, window, WINDOW_RENAMED)
+    limit = deprecated("--max-documents", "--limit", max_documents, limit)
+    limit = deprecated("--max-blocks", "--limit", max_blocks, limit)
     if zero_shot:  # the tasks bring their own data (under --data-root)
         return _zero_shot(model, zero_shot, data_root, limit, batch_size, json_out, data, reference,
                           (task, num_labels, arch, allow_pickle, trust_remote_code))
     if not data:
         raise CompressError("no evaluation data", "pass --data (e.g. ../shared/data/sst2 --split dev)")
-    if json_out is not None:
-        from compress.core.paths import guard_output
-
-        guard_output(json_out, [model, data, reference, arch], kind="file", what="--json")
+    json_destination(json_out, [model, data, reference, arch])
     loaded = load_model_from_options(model, task, num_labels, arch, allow_pickle, trust_remote_code)
     from compress.models.causal import is_causal
 
     if is_causal(loaded):
+        from compress.pipeline.preflight import check_window
+
+        check_window(window, loaded, "--window")
         ref = load_model_from_options(reference, None, None, None, allow_pickle, trust_remote_code) if reference else None
-        return _causal(loaded, ref, model, data, split, text_field, part, block_size, max_documents or max_blocks,
+        return _causal(loaded, ref, model, data, split, text_field, part, window, limit,
                        separator, new_tokens, batch_size, json_out)
     examples = load_examples(data_spec(data, split, text_field, text_pair_field, label_field, limit))
     if examples.labels is None and not reference and loaded.task in ("text-classification", "image-classification"):
@@ -93,8 +107,7 @@ def evaluate(
         else:
             table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
     console.print(table)
-    if json_out:
-        json_out.write_text(json.dumps(metrics, indent=2))
+    write_json(json_out, metrics)
 
 
 def _causal(loaded, ref, model, data, split, text_field, part, window, max_documents, separator, new_tokens,
@@ -130,8 +143,7 @@ def _causal(loaded, ref, model, data, split, text_field, part, window, max_docum
             value = metrics[key]
             table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
     console.print(table)
-    if json_out:
-        json_out.write_text(json.dumps(metrics, indent=2))
+    write_json(json_out, metrics)
 
 
 def _zero_shot(model, tasks, data_root, limit, batch_size, json_out, data, reference, load_options):
@@ -146,10 +158,7 @@ def _zero_shot(model, tasks, data_root, limit, batch_size, json_out, data, refer
     if data or reference:
         raise CompressError("--zero-shot runs on its own tasks' data", "drop --data / --reference, or run them separately")
     specs = [get_task(name) for name in tasks]  # unknown names fail before the model loads
-    if json_out is not None:
-        from compress.core.paths import guard_output
-
-        guard_output(json_out, [model, str(data_root)], kind="file", what="--json")
+    json_destination(json_out, [model, str(data_root)])
     loaded = load_model_from_options(model, *load_options)
     results = {}
     with Progress(console=console, transient=True, disable=not console.is_terminal) as progress:
@@ -163,5 +172,4 @@ def _zero_shot(model, tasks, data_root, limit, batch_size, json_out, data, refer
         cells = [f"{m[k]:.4f} [{m['ci95'][k][0]:.4f}, {m['ci95'][k][1]:.4f}]" for k in ("accuracy", "accuracy_norm")]
         table.add_row(name, str(m["examples"]), *cells, f"{m['majority']:.4f}")
     console.print(table)
-    if json_out:
-        json_out.write_text(json.dumps({"zero_shot": results}, indent=2))
+    write_json(json_out, {"zero_shot": results})

@@ -22,6 +22,7 @@ from compress.cli.app import (
     TrustRemoteCodeOpt,
     app,
     console,
+    err_console,
     load_model_from_options,
     pass_config,
 )
@@ -36,6 +37,7 @@ def export(
     optimize: Annotated[str, typer.Option(help="none, ort (ORT offline graph optimization) or transformer (fused BERT kernels).")] = "none",
     ort_format: Annotated[bool, typer.Option("--ort-format", help="Also write model.ort.")] = False,
     atol: Annotated[float | None, typer.Option(min=0.0, help="Parity tolerance on max |Δlogits| (default 1e-4; causal LMs 1e-3).")] = None,
+    graph: Annotated[str, typer.Option(help="Causal LMs: auto (fused where supported), fused (onnxruntime-genai's builder graph, runs in its generator) or optimum (what ORTModelForCausalLM loads).")] = "auto",
     data: DataOpt = None, split: SplitOpt = None, text_field: TextFieldOpt = "text",
     text_pair_field: TextPairFieldOpt = None,
     limit: LimitOpt = 64,
@@ -43,7 +45,11 @@ def export(
     allow_pickle: AllowPickleOpt = False, trust_remote_code: TrustRemoteCodeOpt = False,
     input_shape: InputShapeOpt = None,
 ) -> None:
-    """Export MODEL to ONNX with dynamic batch/sequence axes; fail with the numbers if outputs differ from PyTorch."""
+    """Export MODEL to ONNX with dynamic batch/sequence axes; fail with the numbers if outputs differ from PyTorch
+    (causal LMs: with the KV cache, logits and greedy decoding checked).
+
+    Example: compress export runs/teacher-sst2 -o runs/teacher-onnx --data ../shared/data/sst2 --split dev
+    """
     from compress.core.paths import guard_output
     from compress.passes.base import DataBundle
     from compress.passes.export_onnx import ExportOnnxConfig
@@ -52,13 +58,16 @@ def export(
     guard_output(output, [model, data, arch])
     loaded = load_model_from_options(model, task, num_labels, arch, allow_pickle, trust_remote_code, input_shape)
     cfg = pass_config(ExportOnnxConfig, opset=opset, exporter=exporter, optimize=optimize, ort_format=ort_format, atol=atol,
-                           check_examples=limit or 64)
+                           check_examples=limit or 64, graph=graph)
     examples = load_check_examples(loaded, data, split, text_field, text_pair_field, limit)
     with console.status("exporting, then checking outputs against PyTorch"):
         result = apply_pass(loaded, cfg, output, data=DataBundle(eval=examples))
     m, where = result.metrics, result.model.path
     if "parity_blocks" in m:  # a decoder: logits on text blocks and greedy decoding were checked
-        console.print(f"exported with [bold]{m['exporter']}[/] (opset {m['opset']}) to {where} in {m['seconds']:.0f} s")
+        if m.get("warning"):
+            err_console.print(f"warning: {m['warning']}")
+        console.print(f"exported with [bold]{m['exporter']}[/] ({m['graph']} graph, opset {m['opset']}) to {where} "
+                      f"in {m['seconds']:.0f} s")
         console.print(f"parity: max |Δlogits| {m['parity_max_abs_diff']:.2e} on {m['parity_blocks']} blocks of "
                       f"{m['parity_block_size']} tokens; greedy decode of {m['parity_greedy_new_tokens']} tokens "
                       f"identical on {m['parity_greedy_identical']} prompts")

@@ -13,6 +13,7 @@ from compress.cli.app import (
     ArchOpt,
     BatchOpt,
     EpochsOpt,
+    EvalLimitOpt,
     EvalSplitOpt,
     LimitTrainOpt,
     LrOpt,
@@ -34,7 +35,7 @@ from compress.cli.app import (
 TargetsOpt = Annotated[list[str] | None, typer.Option("--targets", help="Glob of layer names to edit (repeat, or comma-separate).")]
 ExcludeOpt = Annotated[list[str] | None, typer.Option("--exclude", help="Glob of layer names to leave alone (repeat, or comma-separate).")]
 RecoverOpt = Annotated[bool, typer.Option("--recover", help="Distil from the unedited model afterwards (needs --data).")]
-RecoverDataOpt = Annotated[str | None, typer.Option("--data", help="Training data for --recover (e.g. ../shared/data/sst2).")]
+RecoverDataOpt = Annotated[str | None, typer.Option("--data", help="Training data for --recover (e.g. ../shared/data/sst2); decoder LMs: also the calibration text (.txt, JSONL...).")]
 
 
 @app.command()
@@ -53,12 +54,16 @@ def prune(
     schedule: Annotated[str, typer.Option(help="Unstructured: oneshot, or gradual (cubic, during --recover).")] = "oneshot",
     recover: RecoverOpt = False, data: RecoverDataOpt = None, split: TrainSplitOpt = "train",
     eval_split: EvalSplitOpt = None, epochs: EpochsOpt = 1.0, max_steps: MaxStepsOpt = None, lr: LrOpt = 1e-4,
-    batch_size: BatchOpt = 32, max_length: MaxLenOpt = 64, limit: LimitTrainOpt = None,
+    batch_size: BatchOpt = 32, max_length: MaxLenOpt = 64, limit: LimitTrainOpt = None, eval_limit: EvalLimitOpt = None,
     text_field: TextFieldOpt = "text", text_pair_field: TextPairFieldOpt = None,
     task: TaskOpt = None, num_labels: NumLabelsOpt = None, arch: ArchOpt = None,
     allow_pickle: AllowPickleOpt = False, trust_remote_code: TrustRemoteCodeOpt = False,
 ) -> None:
-    """Prune MODEL: unstructured magnitude (smaller zipped file, same speed) or --structured (smaller and faster)."""
+    """Prune MODEL: unstructured magnitude (smaller zipped file, same speed) or --structured (smaller and faster;
+    decoder LMs: --structured layers/neurons/heads, scored on --data calibration text).
+
+    Example: compress prune runs/teacher-sst2 --structured neurons --sparsity 0.5 --recover --data ../shared/data/sst2 -o runs/pruned
+    """
     from compress.passes.prune_magnitude import PruneMagnitudeConfig
     from compress.passes.prune_structured import PruneStructuredConfig
 
@@ -76,7 +81,7 @@ def prune(
                       **common)
     else:
         cfg = pass_config(PruneMagnitudeConfig, schedule=schedule, **common)
-    metrics = _run(cfg, model, output, data, split, eval_split, limit, text_field, text_pair_field,
+    metrics = _run(cfg, model, output, data, split, eval_split, limit, eval_limit, text_field, text_pair_field,
                    (task, num_labels, arch, allow_pickle, trust_remote_code))
     if structured:
         _structured_table(metrics)
@@ -96,18 +101,21 @@ def factorize(
     targets: TargetsOpt = None, exclude: ExcludeOpt = None,
     recover: RecoverOpt = False, data: RecoverDataOpt = None, split: TrainSplitOpt = "train",
     eval_split: EvalSplitOpt = None, epochs: EpochsOpt = 1.0, max_steps: MaxStepsOpt = None, lr: LrOpt = 1e-4,
-    batch_size: BatchOpt = 32, max_length: MaxLenOpt = 64, limit: LimitTrainOpt = None,
+    batch_size: BatchOpt = 32, max_length: MaxLenOpt = 64, limit: LimitTrainOpt = None, eval_limit: EvalLimitOpt = None,
     text_field: TextFieldOpt = "text", text_pair_field: TextPairFieldOpt = None,
     task: TaskOpt = None, num_labels: NumLabelsOpt = None, arch: ArchOpt = None,
     allow_pickle: AllowPickleOpt = False, trust_remote_code: TrustRemoteCodeOpt = False,
 ) -> None:
-    """Factorize MODEL's Linear/Conv layers by truncated SVD (two thinner layers each); skip layers with no FLOP saving."""
+    """Factorize MODEL's Linear/Conv layers by truncated SVD (two thinner layers each); skip layers with no FLOP saving.
+
+    Example: compress factorize runs/teacher-sst2 --energy 0.9 -o runs/factorized
+    """
     from compress.passes.factorize import FactorizeConfig
 
     cfg = pass_config(FactorizeConfig, rank_ratio=rank_ratio, energy=energy, rank=rank, round_to=round_to,
                   targets=_globs(targets), exclude=_globs(exclude),
                   recover=_recover(recover, data, epochs, max_steps, lr, batch_size, max_length))
-    metrics = _run(cfg, model, output, data, split, eval_split, limit, text_field, text_pair_field,
+    metrics = _run(cfg, model, output, data, split, eval_split, limit, eval_limit, text_field, text_pair_field,
                    (task, num_labels, arch, allow_pickle, trust_remote_code))
     _factorize_table(metrics)
     _summary(metrics, output)
@@ -136,7 +144,8 @@ def _recover(on: bool, data, epochs, max_steps, lr, batch_size, max_length):
     return RecoverConfig(epochs=epochs, max_steps=max_steps, lr=lr, batch_size=batch_size, max_length=max_length)
 
 
-def _run(cfg, model, output: Path, data, split, eval_split, limit, text_field, text_pair_field, load_opts) -> dict:
+def _run(cfg, model, output: Path, data, split, eval_split, limit, eval_limit, text_field, text_pair_field,
+         load_opts) -> dict:
     """Load the model (and data), then run the pass and save atomically (`compress.pipeline.apply`)."""
     from compress.cli.train import load_train_eval
     from compress.core.errors import CompressError
@@ -150,7 +159,8 @@ def _run(cfg, model, output: Path, data, split, eval_split, limit, text_field, t
         raise CompressError(f"'{model}' is an ONNX model; {cfg.type} edits PyTorch models", "pass the PyTorch model")
     train = evals = None
     if cfg.recover is not None or data:  # training data for recovery; calibration text for decoder pruning
-        train, evals = load_train_eval(data, split, eval_split, text_field, text_pair_field, limit=limit)
+        train, evals = load_train_eval(data, split, eval_split, text_field, text_pair_field, limit=limit,
+                                       eval_limit=eval_limit)
     record = {"pass": cfg.type, "config": cfg.model_dump(mode="json"), "source": model}
     return apply_pass(loaded, cfg, output, data=DataBundle(train=train, eval=evals),
                       record=record, progress=True).metrics

@@ -3,7 +3,6 @@ with per-layer sensitivity, or PyTorch int8 with `--torch`."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -24,8 +23,10 @@ from compress.cli.app import (
     console,
     data_spec,
     err_console,
+    json_destination,
     load_model_from_options,
     pass_config,
+    write_json,
 )
 
 BLOCK_SIZES = (16, 32, 64, 128, 256)  # what MatMulNBits takes (compress.techniques.quantize.config checks it too)
@@ -48,7 +49,7 @@ def quantize(
     mode: Annotated[str | None, typer.Option(help="dynamic (int8, the default for classifiers), static (calibrated QDQ), fp16 (CUDA), weight_only (MatMulNBits with --bits; the default for causal LMs, 8 bits) or int4 (= weight_only --bits 4).")] = None,
     bits: Annotated[int, typer.Option(help="weight_only: bits per weight, 4 or 8.")] = 8,
     algorithm: Annotated[str, typer.Option(help="weight_only/int4: rtn (round to nearest), hqq or k_quant (ONNX Runtime's data-free searches).")] = "rtn",
-    block_size: Annotated[int, typer.Option(callback=_block_size_bound, help="int4: block size along the input dimension: 16, 32, 64, 128 or 256.")] = 32,
+    block_size: Annotated[int, typer.Option(callback=_block_size_bound, help="int4/weight_only: quantization block, weights per scale along the input dimension: 16, 32, 64, 128 or 256 (not tokens).")] = 32,
     symmetric: Annotated[bool, typer.Option(help="int4: symmetric blocks (no zero point).")] = False,
     accuracy_level: Annotated[int, typer.Option(min=0, max=4, help="int4: MatMulNBits compute (4 = int8, fastest on CPU; 0 = unset).")] = 4,
     head: Annotated[str, typer.Option(help="Causal LMs: lm_head precision: int8 (default), fp32 or int4.")] = "int8",
@@ -64,22 +65,26 @@ def quantize(
     op_types: Annotated[list[str] | None, typer.Option("--op-type", help="Op types to quantize (repeat); default transformer-safe.")] = None,
     exclude: Annotated[list[str] | None, typer.Option(help="Node name or glob kept in fp32 (repeat).")] = None,
     optimize: Annotated[str, typer.Option(help="auto, transformer (fuse first) or none.")] = "auto",
-    max_drop: Annotated[float | None, typer.Option(min=0.0, max=0.99, help="Accuracy budget vs fp32 (0.01 = 1 pt); needs --eval-data.")] = None,
-    eval_data: Annotated[str | None, typer.Option(help="Labelled data for --max-drop (file or folder).")] = None,
-    eval_split: Annotated[str | None, typer.Option(help="Split of the eval data.")] = None,
-    eval_limit: Annotated[int | None, typer.Option(min=1, help="Use at most this many eval examples.")] = None,
+    max_drop: Annotated[float | None, typer.Option(min=0.0, max=0.99, help="Quality budget vs fp32: accuracy points for classifiers (0.01 = 1 pt), or relative perplexity increase for causal LMs (0.03 = +3%; see --budget-metric); needs --eval-data.")] = None,
+    eval_data: Annotated[str | None, typer.Option(help="Held-out data for --max-drop (file or folder): labelled examples, or text for causal LMs.")] = None,
+    eval_split: Annotated[str | None, typer.Option(help="Split of --eval-data.")] = None,
+    eval_limit: Annotated[int | None, typer.Option(min=1, help="Use at most this many --eval-data examples.")] = None,
     sensitivity: Annotated[str, typer.Option(help="all_but_one or alone.")] = "all_but_one",
     granularity: Annotated[str, typer.Option(help="Sensitivity unit: layer or node.")] = "layer",
     device: Annotated[str, typer.Option(help="Target device: cpu or cuda (checks execution-provider fallback).")] = "cpu",
     ort_format: Annotated[bool, typer.Option("--ort-format", help="Also write model.ort.")] = False,
     torch_int8: Annotated[bool, typer.Option("--torch", help="PyTorch int8 (dynamic, Linear layers) instead of ONNX.")] = False,
     text_field: TextFieldOpt = "text", text_pair_field: TextPairFieldOpt = None, label_field: LabelFieldOpt = "label",
-    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the metrics here.")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the metrics here ('-': to stdout, the tables then go to stderr).")] = None,
     task: TaskOpt = None, num_labels: NumLabelsOpt = None, arch: ArchOpt = None,
     allow_pickle: AllowPickleOpt = False, trust_remote_code: TrustRemoteCodeOpt = False,
     input_shape: InputShapeOpt = None,
 ) -> None:
-    """Quantize MODEL (HF folder, .pt + --arch, or .onnx) and save the settings beside it."""
+    """Quantize MODEL (HF folder, .pt + --arch, or .onnx) and save the settings beside it; causal LMs default to
+    8-bit weight-only (--mode int4 for 4 bits), with a perplexity budget through --max-drop.
+
+    Example: compress quantize runs/teacher-sst2 -o runs/teacher-int8 --max-drop 0.01 --eval-data ../shared/data/sst2 --eval-split dev
+    """
     from compress.core.errors import CompressError
     from compress.core.paths import guard_output
     from compress.data.examples import load_examples
@@ -91,8 +96,7 @@ def quantize(
 
     inputs = [model, arch, calibration_data, eval_data]
     guard_output(output, inputs)
-    if json_out is not None:
-        guard_output(json_out, inputs, kind="file", what="--json")
+    json_destination(json_out, inputs)
     loaded = load_model_from_options(model, task, num_labels, arch, allow_pickle, trust_remote_code, input_shape)
     if torch_int8:
         if loaded.kind != "torch":
@@ -129,8 +133,7 @@ def _apply(loaded, cfg, output: Path, data, json_out, on_progress=None) -> dict:
     from compress.pipeline.apply import apply_pass
 
     metrics = apply_pass(loaded, cfg, output, data=data, on_progress=on_progress).metrics
-    if json_out:
-        json_out.write_text(json.dumps(metrics, indent=2, default=float))
+    write_json(json_out, metrics)
     return metrics
 
 

@@ -15,7 +15,7 @@ def run(
     recipe: Annotated[Path, typer.Argument(help="Recipe YAML, e.g. recipes/quickstart.yaml.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Report root: the report goes to OUTPUT/<recipe name>/.")] = Path("reports"),
     runs: Annotated[Path, typer.Option(help="Stage cache root: stages live in RUNS/<recipe name>/<stage>-<key>/.")] = Path("runs"),
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate the recipe and print the plan; load no model.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate the recipe (data splits, eval domains, token windows against the model's context) and print the plan; run no stage.")] = False,
     fresh: Annotated[bool, typer.Option(help="Ignore the stage cache and recompute every stage.")] = False,
     omp_wait_policy: Annotated[str, typer.Option(help="OMP_WAIT_POLICY for training and evaluation in this process "
                                                  "(unless already set): PASSIVE avoids 10-20x PyTorch slowdowns when "
@@ -24,7 +24,10 @@ def run(
                                                  "sets its own per backend (eval.latency.wait_policy, default native) "
                                                  "and the results record it per measurement.")] = "PASSIVE",
 ) -> None:
-    """Run RECIPE: every stage (resuming from the cache), evaluation, one latency bench, and the report."""
+    """Run RECIPE: every stage (resuming from the cache), evaluation, one latency bench, and the report.
+
+    Example: compress run recipes/quickstart.yaml --dry-run
+    """
     import os
 
     # Must be set before OpenMP starts (torch is imported while the recipe's passes load). Bench workers do not
@@ -38,6 +41,9 @@ def run(
     plan = load_recipe(recipe)
     pipeline.check_data(plan)
     if dry_run:
+        from compress.pipeline.preflight import validate_recipe
+
+        validate_recipe(plan)  # what the run checks before its first stage (it loads the data and, for decoders, the model)
         console.print(plan_table(plan, pipeline.cached_stages(plan, runs)))
         console.print(f"[green]ok[/]: {recipe} is valid; run it with `compress run {recipe}`")
         return
@@ -58,7 +64,10 @@ def report(
     dirs: Annotated[list[Path], typer.Argument(help="Report folders (holding results.json).")],
     output: Annotated[Path | None, typer.Option("--output", "-o", help="With several folders: also write the comparison as Markdown here.")] = None,
 ) -> None:
-    """Rebuild report.md/report.html from one folder's results.json, or compare several runs in one table."""
+    """Rebuild report.md/report.html from one folder's results.json, or compare several runs in one table.
+
+    Example: compress report reports/quickstart reports/minilm-sst2 -o compare.md
+    """
     from compress.report import rebuild, render
     from compress.report.build import build
     from compress.report.schema import load_results
@@ -85,7 +94,10 @@ def report(
 
 @app.command()
 def passes(name: Annotated[str | None, typer.Argument(help="Show only this pass.")] = None) -> None:
-    """List the registered passes: what they take and give, the data they need, and every config option."""
+    """List the registered passes: what they take and give, the data they need, and every config option.
+
+    Example: compress passes quantize_ort
+    """
     from rich.table import Table
 
     from compress.passes.base import get_pass, list_passes

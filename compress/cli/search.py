@@ -21,8 +21,20 @@ def search(
     omp_wait_policy: Annotated[str, typer.Option(help="OMP_WAIT_POLICY for training and evaluation (unless already set); "
                                                  "bench workers always set their own per backend. 'default' leaves it unset.")] = "PASSIVE",
     progress: Annotated[bool, typer.Option(help="Show each pass's progress bar (training steps) inside the trials.")] = True,
+    storage: Annotated[str | None, typer.Option(help="Optuna RDB URL of the study, e.g. sqlite:///shared/study.db or "
+                                                "postgresql://user@host/db: workers (terminals, machines) given the "
+                                                "same URL share one study. Default: RUNS/<recipe name>/search/study.db.")] = None,
+    study_name: Annotated[str | None, typer.Option(help="The study's name in --storage (default: the recipe's name).")] = None,
 ) -> None:
-    """Search RECIPE's space for the fastest (or smallest) model within its accuracy budget; resumable (Ctrl-C, kill)."""
+    """Search RECIPE's space for the fastest (or smallest) model within its accuracy budget; resumable (Ctrl-C, kill).
+
+    Distributed: run the same command on each machine with one --storage, e.g.
+    `compress search recipes/minilm-sst2-search.yaml --storage postgresql://user@db-host/compress`;
+    each worker runs its own trials of the one study, then finalizes once none is left running.
+
+    Exit codes: 0 done; 2 bad input, or no trial met the budget (nothing is written to best/); 130 Ctrl-C
+    (re-run the same command to resume).
+    """
     import os
 
     if omp_wait_policy.lower() != "default":  # before torch starts OpenMP; bench workers override it
@@ -45,12 +57,29 @@ def search(
 
     out = output / (plan.name if plan.name.endswith("-search") else f"{plan.name}-search")
     guard_output(out, [recipe, *pipeline.recipe_inputs(plan)])
-    results = lib.search(plan, runs_dir=runs, fresh=fresh, on_event=_event, finalize=not trials_only,
-                         progress=progress)
-    console.print(f"best so far: {lib.search_dir(plan, runs) / lib.BEST_DIR}")
+    try:
+        results = lib.search(plan, runs_dir=runs, fresh=fresh, on_event=_event, finalize=not trials_only,
+                             progress=progress, storage=storage, study_name=study_name)
+    except lib.SearchInterrupted as e:
+        typer.echo(f"interrupted after {e.trials} trial{'' if e.trials == 1 else 's'}; "
+                   "re-run the same command to resume", err=True)
+        raise typer.Exit(130) from None
     if not trials_only:
         folder = write(results, out)
         console.print(f"report: {folder / 'report.md'}, {folder / 'report.html'}, {folder / 'search.json'}")
+    best = lib.search_dir(plan, runs) / lib.BEST_DIR
+    feasible = sum(r["feasible"] for r in results["trials"])
+    if feasible == 0:  # nothing to point at: best/ was never written
+        done = sum(r["state"] in ("complete", "pruned", "fail") for r in results["trials"])
+        budget = (f"max_accuracy_drop {plan.search.max_accuracy_drop}" if plan.search.max_accuracy_drop is not None
+                  else f"max_perplexity_increase {plan.search.max_perplexity_increase}")
+        raise CompressError(f"no trial met the budget ({budget} on data.validation) in {done} trial(s); no best model",
+                            "widen search.space, relax the budget, or raise search.trials, then re-run "
+                            "(finished trials are kept)")
+    if best.exists():
+        console.print(f"best {'so far' if trials_only else 'model'}: {best}")
+    else:  # trials only, and the best trial ran on another machine (the finalization builds it here)
+        console.print("best so far: a trial of another worker; its model is in that worker's --runs folder")
 
 
 def _print_space(plan, size: int, first: list[dict]) -> None:
@@ -76,6 +105,8 @@ def _event(kind: str, **info) -> None:
         if info["name"] == "trials":
             again = f", re-running interrupted trial(s) {info['retried']}" if info.get("retried") else ""
             console.print(f"trials: {info['finished']}/{info['total']} finished{again}")
+        elif info["name"] == "waiting":
+            console.print(f"waiting for trial(s) {info['running']} of other workers of this study")
         elif info["name"] == "finalists":
             console.print(f"timing {info['count']} finalist(s) with the teacher and the baselines (one interleaved bench)")
         else:

@@ -19,6 +19,7 @@ from typing import Annotated
 import typer
 
 from compress.cli.app import (
+    WINDOW_RENAMED,
     AllowPickleOpt,
     ArchOpt,
     BatchOpt,
@@ -29,7 +30,7 @@ from compress.cli.app import (
     EvalLimitOpt,
     EvalSplitOpt,
     LabelFieldOpt,
-    LimitOpt,
+    LimitTrainOpt,
     LrOpt,
     MaxLenOpt,
     MaxStepsOpt,
@@ -51,6 +52,7 @@ from compress.cli.app import (
     app,
     console,
     data_spec,
+    deprecated,
     load_model_from_options,
     pass_config,
 )
@@ -121,7 +123,7 @@ def finetune(
     output: OutOpt,
     data: DataOpt = None, split: TrainSplitOpt = "train", eval_split: EvalSplitOpt = None,
     text_field: TextFieldOpt = "text", text_pair_field: TextPairFieldOpt = None, label_field: LabelFieldOpt = "label",
-    limit: LimitOpt = None, eval_limit: EvalLimitOpt = None,
+    limit: LimitTrainOpt = None, eval_limit: EvalLimitOpt = None,
     epochs: EpochsOpt = 3.0, max_steps: MaxStepsOpt = None, batch_size: BatchOpt = 32, lr: LrOpt = 5e-5,
     weight_decay: WdOpt = 0.01, warmup_ratio: WarmupOpt = 0.06, grad_clip: ClipOpt = 1.0, max_length: MaxLenOpt = 128,
     seed: SeedOpt = 0, patience: PatienceOpt = None, checkpoint_every: CkptOpt = None, resume: ResumeOpt = False,
@@ -129,7 +131,11 @@ def finetune(
     task: TaskOpt = None, num_labels: NumLabelsOpt = None, arch: ArchOpt = None,
     allow_pickle: AllowPickleOpt = False, trust_remote_code: TrustRemoteCodeOpt = False,
 ) -> None:
-    """Fine-tune MODEL on labelled data (cross-entropy, AdamW, warm-up/decay, best epoch kept) into OUTPUT."""
+    """Fine-tune MODEL on labelled data (cross-entropy, AdamW, warm-up/decay, best epoch kept) into OUTPUT.
+    Classifiers only: a causal LM is trained with `compress distill`.
+
+    Example: compress finetune minilm --num-labels 2 --data ../shared/data/sst2 --split train --eval-split dev -o runs/teacher-sst2
+    """
     from compress.core.paths import guard_output
     from compress.passes.base import DataBundle
     from compress.passes.finetune import FinetuneConfig
@@ -164,20 +170,25 @@ def distill(
     layer_map: Annotated[str | None, typer.Option(help="Teacher layer (0-based) per student layer, e.g. '1,3,5'.")] = None,
     projection: Annotated[bool, typer.Option(help="Learn a linear projection when hidden widths differ.")] = True,
     cache_dir: Annotated[Path | None, typer.Option(help="Where teacher logits are cached (default $COMPRESS_CACHE or ~/.cache/compress).")] = None,
-    block_size: Annotated[int, typer.Option(callback=lambda v: _at_least(v, 8, "--block-size"), help="Causal LMs: tokens per packed training block (at least 8, at most the context length).")] = 256,
-    max_blocks: Annotated[int | None, typer.Option(min=1, help="Causal LMs: at most this many training blocks.")] = None,
+    window: Annotated[int, typer.Option(callback=lambda v: _at_least(v, 8, "--window"), help="Causal LMs: tokens per packed training window (at least 8, at most the context length).")] = 256,
+    block_size: Annotated[int | None, typer.Option(hidden=True, callback=lambda v: v if v is None else _at_least(v, 8, "--block-size"), help="Old name of --window.")] = None,
+    max_blocks: Annotated[int | None, typer.Option(min=1, help="Causal LMs: at most this many training windows.")] = None,
     teacher_logits: Annotated[str, typer.Option(help="Causal LMs: topk (teacher's top-k cached once) or online (full teacher pass per step).")] = "topk",
     top_k: Annotated[int, typer.Option(min=1, help="Causal LMs: teacher tokens kept per position (topk).")] = 64,
     data: DataOpt = None, split: TrainSplitOpt = "train", eval_split: EvalSplitOpt = None,
     text_field: TextFieldOpt = "text", text_pair_field: TextPairFieldOpt = None, label_field: LabelFieldOpt = "label",
-    limit: LimitOpt = None, eval_limit: EvalLimitOpt = None,
+    limit: LimitTrainOpt = None, eval_limit: EvalLimitOpt = None,
     epochs: EpochsOpt = 3.0, max_steps: MaxStepsOpt = None, batch_size: BatchOpt = 32, lr: LrOpt = 1e-4,
     weight_decay: WdOpt = 0.01, warmup_ratio: WarmupOpt = 0.06, grad_clip: ClipOpt = 1.0, max_length: MaxLenOpt = 128,
     seed: SeedOpt = 0, patience: PatienceOpt = None, checkpoint_every: CkptOpt = None, resume: ResumeOpt = False,
     mixed_precision: PrecisionOpt = "auto", progress: ProgressOpt = True,
     allow_pickle: AllowPickleOpt = False, trust_remote_code: TrustRemoteCodeOpt = False,
 ) -> None:
-    """Distill TEACHER into STUDENT: α·T²·KL(teacher ‖ student) + (1-α)·CE, plus optional hidden/attention losses."""
+    """Distill TEACHER into STUDENT: α·T²·KL(teacher ‖ student) + (1-α)·CE, plus optional hidden/attention losses;
+    for causal LMs the KL is per next token, on --window-token windows of the --data text.
+
+    Example: compress distill tiny:llama 1 --data corpus.txt --window 128 --max-steps 100 -o runs/student
+    """
     from compress.core.paths import guard_output
     from compress.models.causal import is_causal
     from compress.passes.base import DataBundle
@@ -185,12 +196,18 @@ def distill(
     from compress.pipeline.apply import apply_pass
     from compress.techniques.distill.student import check_student
 
+    window = deprecated("--block-size", "--window", block_size, window, WINDOW_RENAMED)
     guard_output(output, [teacher, student, data])
     if student is not None and student.isdigit():
         student, student_layers = None, int(student)
     train, evals = _load_data(data, split, eval_split, text_field, text_pair_field, label_field, limit, eval_limit)
     t = _torch_only(load_model_from_options(teacher, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code), teacher)
     s = _torch_only(load_model_from_options(student, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code), student) if student else None
+    if is_causal(t):  # one line naming --window before any work (the pass would name its config field)
+        from compress.pipeline.preflight import check_window
+
+        for m in (t, s) if s is not None else (t,):
+            check_window(window, m, "--window")
     # Without labels the loss is all KL, except for causal LMs, whose labels are the next tokens.
     labelled = train.labels is not None or is_causal(t)
     cfg = pass_config(DistillConfig, **_train_settings(
@@ -200,7 +217,7 @@ def distill(
         epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
         warmup_ratio=warmup_ratio, grad_clip=grad_clip, max_length=max_length, seed=seed, patience=patience,
         checkpoint_every=checkpoint_every, resume=resume, mixed_precision=mixed_precision,
-        block_size=block_size, max_blocks=max_blocks, top_k=top_k, teacher_logits=teacher_logits))
+        block_size=window, max_blocks=max_blocks, top_k=top_k, teacher_logits=teacher_logits))
     check_student(s, cfg)  # the pass derives the student from the teacher when student_layers is given
     result = apply_pass(s if s is not None else t, cfg, output, data=DataBundle(train=train, eval=evals), teacher=t,
                         record={"command": "distill", "teacher": teacher, "student": student,

@@ -169,7 +169,7 @@ def prompt_ids(tokenizer, prompts: tuple[str, ...] | list[str] = PROMPTS, *, cha
     if chat and getattr(tokenizer, "chat_template", None):
         return [list(tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
                                                    tokenize=True)) for p in prompts]
-    return [tokenizer(p)["input_ids"] for p in prompts]
+    return [tokenizer(p, verbose=False)["input_ids"] for p in prompts]  # length is checked by the caller
 
 
 def load_prompts(path: str | Path) -> list[str]:

@@ -1,8 +1,8 @@
 """The export entry point: the one place where classifiers and causal LMs part ways.
 
 Classifiers and plain networks go through `onnx.export_onnx` (parity: max |Δlogits| and argmax agreement on real
-batches); causal LMs through optimum's KV-cache export in `causal.export_causal` (parity: logits on text blocks and
-greedy decoding with the cache). Both fail with the numbers when parity is off.
+batches); causal LMs through `causal.export_causal` (the fused onnxruntime-genai builder graph where the family allows it,
+else optimum's KV-cache export; parity: logits on text blocks and greedy decoding with the cache). Both fail with the numbers when parity is off.
 """
 
 from __future__ import annotations
@@ -30,6 +30,10 @@ class ExportSettings(StrictConfig):
     atol: float | None = Field(None, gt=0, description="Parity tolerance on max |Δlogits| (default 1e-4; causal LMs "
                                "1e-3: fp32 logits over a 49k vocabulary differ by ~1e-4 between kernels).")
     check_examples: int = Field(64, ge=1, description="Eval examples used for the parity check.")
+    graph: Literal["auto", "fused", "optimum"] = Field(
+        "auto", description="Causal LMs: fused = onnxruntime-genai's model builder graph (GroupQueryAttention, "
+        "genai_config.json; runs in its generator, ~1.7x decode); optimum = text-generation-with-past (what "
+        "ORTModelForCausalLM loads); auto = fused where the family is supported, else optimum with a warning.")
 
 
 def export_model(model: TorchModel, out_dir: str | Path, cfg: ExportSettings | None = None, *,
@@ -46,9 +50,11 @@ def export_model(model: TorchModel, out_dir: str | Path, cfg: ExportSettings | N
     opset, atol, check_examples = cfg.opset, cfg.atol, cfg.check_examples
     if is_causal(model):
         texts = list(examples.texts[:check_examples]) if examples is not None else None
-        result = export_causal(model, out_dir, texts=texts, atol=1e-3 if atol is None else atol, opset=opset)
+        result = export_causal(model, out_dir, texts=texts, atol=1e-3 if atol is None else atol, opset=opset,
+                               graph=cfg.graph)
         p = result.parity
-        return result.model, {"exporter": result.exporter, "opset": result.opset,
+        return result.model, {"exporter": result.exporter, "graph": result.graph, "opset": result.opset,
+                              **({"warning": "; ".join(result.warnings)} if result.warnings else {}),
                               "parity_max_abs_diff": p.max_abs_diff,
                               "parity_greedy_identical": f"{p.greedy_identical}/{p.greedy_prompts}",
                               "parity_greedy_new_tokens": p.greedy_new_tokens,

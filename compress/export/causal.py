@@ -1,9 +1,17 @@
 """Causal LM -> ONNX with past key values (KV cache), checked against PyTorch on every export.
 
-The exporter is optimum-onnx's `text-generation-with-past` (its per-architecture configs know each decoder's
-cache layout, and the folder it writes is what `ORTModelForCausalLM` loads, `generate()` included). We export
-from a temporary Hugging Face folder saved from the in-memory model, so a pruned or distilled decoder exports
-the same way as a downloaded one. Axes are dynamic: batch, sequence and past sequence.
+Two graphs, both exported from a temporary Hugging Face folder saved from the in-memory model (so a pruned or
+distilled decoder exports the same way as a downloaded one):
+- "fused" (the default where it applies): onnxruntime-genai's model builder, fp32. About 11 nodes per layer
+  (GroupQueryAttention with the rotary embedding inside, SkipSimplifiedLayerNormalization, packed QKV), a KV cache
+  the generator keeps in one preallocated buffer, and `genai_config.json`, so the folder runs in
+  `onnxruntime_genai`'s generator (our bench times decode there) as well as in our `CausalRunner`. Decode on it is
+  about 1.7x the optimum graph's on the same MatMulNBits kernels (shared/notes/causal-lm.md). The builder is the
+  maintained tool for this graph; we do not write fusions by hand.
+- "optimum": optimum-onnx's `text-generation-with-past` (~100 nodes per layer, the cache concatenated each step):
+  the folder `ORTModelForCausalLM` loads (`generate()` included), and the fallback for a family the builder does
+  not write (GPT-2, ...), with a one-line warning naming the family.
+Axes are dynamic: batch, sequence and past sequence.
 
 Parity, both checked, both must pass:
 - full-sequence logits on real text blocks: max |Δlogits| <= atol (empty cache: the prefill path);
@@ -34,6 +42,13 @@ from compress.runtime.causal import CausalRunner
 log = logging.getLogger(__name__)
 
 EXPORTER = "optimum-onnx text-generation-with-past"
+FUSED_EXPORTER = "onnxruntime-genai model builder (fp32)"
+GRAPHS = ("auto", "fused", "optimum")
+# Families onnxruntime-genai 0.11's builder writes (its `create_model` dispatch) whose HF config alone describes the
+# weights (uniform layers): what `graph="auto"` sends to it. Anything else is exported by optimum.
+FUSED_ARCHITECTURES = frozenset({
+    "LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "Phi3ForCausalLM",
+    "GemmaForCausalLM", "Gemma2ForCausalLM", "GraniteForCausalLM", "OlmoForCausalLM", "SmolLM3ForCausalLM"})
 
 
 @dataclass
@@ -59,6 +74,25 @@ class CausalExportResult:
     opset: int
     parity: CausalParity
     seconds: float
+    graph: str = "optimum"
+    warnings: list[str] | None = None
+
+
+def fused_unavailable(model: TorchModel) -> str | None:
+    """Why the fused graph cannot be written for `model` (one line), or None when it can."""
+    import importlib.util
+
+    arch = type(model.module).__name__
+    if arch not in FUSED_ARCHITECTURES:
+        return f"{arch} is not a family onnxruntime-genai's model builder writes"
+    config = model.module.config
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    if head_dim % 16:  # GroupQueryAttention's CPU kernel
+        return f"{arch} has heads of {head_dim} dimensions (ONNX Runtime's GroupQueryAttention needs a multiple of 16)"
+    missing = [m for m in ("onnxruntime_genai", "onnx_ir") if importlib.util.find_spec(m) is None]
+    if missing:
+        return f"onnxruntime-genai's model builder is not installed ({', '.join(missing)} missing)"
+    return None
 
 
 def check_blocks(model: TorchModel, texts: list[str] | None = None, blocks: int = 4, block_size: int = 64) -> np.ndarray:
@@ -91,66 +125,122 @@ def check_causal_parity(reference: TorchModel, onnx_model: OnnxModel, blocks: np
 
 
 def export_causal(model: TorchModel, out_dir: str | Path, *, texts: list[str] | None = None, opset: int | None = None,
-                  atol: float = 1e-3, new_tokens: int = 32) -> CausalExportResult:
-    """Export a causal TorchModel to `out_dir` (model.onnx with KV cache, config, tokenizer, manifest).
+                  atol: float = 1e-3, new_tokens: int = 32, graph: str = "auto") -> CausalExportResult:
+    """Export a causal TorchModel to `out_dir` (model.onnx with KV cache, config, tokenizer, manifest; the fused
+    graph adds genai_config.json).
 
     Args:
         model: the PyTorch decoder (not modified).
         out_dir: output folder, written atomically (a sibling temporary folder renamed into place).
         texts: real texts for the logits check (default: built-in sample sentences).
-        opset: ONNX opset (default: optimum's choice for the architecture).
+        opset: ONNX opset of the optimum graph (default: optimum's choice; the builder picks its own).
         atol: tolerance on max |Δlogits| (fp32 logits of a 49k vocabulary differ by ~1e-4 between kernels).
         new_tokens: greedy tokens compared per prompt.
+        graph: "fused" (onnxruntime-genai's builder), "optimum", or "auto": fused where the family and the installed
+            packages allow it, else optimum with a warning; a fused graph that fails the parity check also falls
+            back (warned) under "auto".
     """
     if model.task != CAUSAL_TASK or not model.is_hf:
         raise CompressError(f"'{model.source}' is not a Hugging Face causal LM", "pass a decoder (e.g. smollm2)")
-    from optimum.exporters.onnx import main_export
-
+    if graph not in GRAPHS:
+        raise CompressError(f"unknown decoder graph '{graph}'", f"use one of: {', '.join(GRAPHS)}")
     out_dir = Path(out_dir)
     started = time.perf_counter()
     blocks = check_blocks(model, texts)
     prompts = prompt_ids(model.tokenizer, PROMPTS)
+    warnings: list[str] = []
+    why_not = fused_unavailable(model) if graph != "optimum" else None
+    if graph == "fused" and why_not:
+        raise CompressError(f"cannot write the fused graph: {why_not}",
+                            "use --graph optimum (or auto), or pip install 'compress[genai]'")
+    use_fused = graph != "optimum" and why_not is None
+    if graph == "auto" and why_not:
+        warnings.append(f"{why_not}: exported with optimum's text-generation-with-past graph instead (slower decode)")
+        log.warning(warnings[-1])
     with tempfile.TemporaryDirectory() as tmp_name:
-        src, staged = Path(tmp_name) / "hf", Path(tmp_name) / "onnx"
+        src = Path(tmp_name) / "hf"
         model.module.config.architectures = [type(model.module).__name__]
         model.module.save_pretrained(src, safe_serialization=True)
         model.tokenizer.save_pretrained(src)
-        try:
-            with contextlib.redirect_stdout(io.StringIO()), _quiet():
-                main_export(str(src), output=str(staged), task="text-generation-with-past", opset=opset,
-                            do_validation=False, device="cpu")
-        except Exception as e:  # optimum raises many types for unsupported architectures
-            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-            raise CompressError(f"optimum cannot export {type(model.module).__name__} with a KV cache: {first}",
-                                "use an architecture optimum-onnx supports (Llama, Mistral, Qwen2, GPT-2, ...)") from e
-        onnx_path = staged / "model.onnx"
-        import onnx
-
-        graph = onnx.load(str(onnx_path), load_external_data=False)  # one read of a model of hundreds of MB
-        used_opset = next(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx"))
-        input_names = [i.name for i in graph.graph.input]
-        del graph
-        onnx_model = OnnxModel(onnx_path, CAUSAL_TASK, tokenizer=model.tokenizer, source=model.source)
-        parity = check_causal_parity(model, onnx_model, blocks, prompts, new_tokens)
-        if not parity.ok(atol):
-            raise CompressError(
-                f"ONNX export differs from PyTorch: max |Δlogits| {parity.max_abs_diff:.2e} (atol {atol:.0e}) on "
-                f"{parity.blocks} blocks of {parity.block_size} tokens, greedy decode identical on "
-                f"{parity.greedy_identical} of {parity.greedy_prompts} prompts"
-                + (f" (first mismatch {parity.first_mismatch})" if parity.first_mismatch else ""),
-                "raise --atol if the difference is expected, or report the architecture")
+        attempt = None
+        if use_fused:
+            attempt = _try_export(model, src, Path(tmp_name) / "fused", "fused", opset, blocks, prompts, new_tokens,
+                                  atol, strict=graph == "fused")
+            if isinstance(attempt, str):
+                warnings.append(f"the fused graph of {type(model.module).__name__} {attempt}: exported with "
+                                "optimum's text-generation-with-past graph instead (slower decode)")
+                log.warning(warnings[-1])
+        if attempt is None or isinstance(attempt, str):
+            attempt = _try_export(model, src, Path(tmp_name) / "optimum", "optimum", opset, blocks, prompts,
+                                  new_tokens, atol, strict=True)
+        staged, kind, used_opset, input_names, parity = attempt
+        exporter = FUSED_EXPORTER if kind == "fused" else EXPORTER
         seconds = time.perf_counter() - started
-        manifest = {"format": 1, "task": CAUSAL_TASK, "exporter": EXPORTER, "opset": used_opset,
+        manifest = {"format": 1, "task": CAUSAL_TASK, "exporter": exporter, "graph": kind, "opset": used_opset,
                     "input_names": input_names}
         (staged / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
-        report = {"exporter": EXPORTER, "opset": used_opset, "parity": asdict(parity), "atol": atol,
-                  "seconds": round(seconds, 2)}
+        report = {"exporter": exporter, "graph": kind, "opset": used_opset, "parity": asdict(parity), "atol": atol,
+                  "seconds": round(seconds, 2), "warnings": warnings}
         (staged / "export_report.json").write_text(json.dumps(report, indent=2))
         from compress.models.artifacts import publish_dir
 
         publish_dir(staged, out_dir)
     final = OnnxModel(out_dir / "model.onnx", CAUSAL_TASK, tokenizer=model.tokenizer, source=model.source)
-    return CausalExportResult(final, EXPORTER, used_opset, parity, seconds)
+    return CausalExportResult(final, exporter, used_opset, parity, seconds, kind, warnings)
+
+
+def _try_export(model: TorchModel, src: Path, staged: Path, kind: str, opset, blocks, prompts, new_tokens: int,
+                atol: float, strict: bool):
+    """Write graph `kind` of the HF folder `src` into `staged` and check it; (staged, kind, opset, input names,
+    parity), or, when `strict` is False, a one-line reason why the fused graph cannot be used (the caller falls
+    back)."""
+    import onnx
+
+    if kind == "fused":
+        from compress.export.peers import to_genai
+
+        try:
+            to_genai(src, staged, "fp32")
+        except CompressError as e:
+            if strict:
+                raise
+            return f"could not be built ({e.problem})"
+        shutil.copyfile(src / "config.json", staged / "config.json")  # context length, and what the model is
+        if (src / "generation_config.json").is_file():
+            shutil.copyfile(src / "generation_config.json", staged / "generation_config.json")
+    else:
+        _optimum_export(model, src, staged, opset)
+    onnx_path = staged / "model.onnx"
+    proto = onnx.load(str(onnx_path), load_external_data=False)  # one read of a model of hundreds of MB
+    used_opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+    input_names = [i.name for i in proto.graph.input]
+    del proto
+    onnx_model = OnnxModel(onnx_path, CAUSAL_TASK, tokenizer=model.tokenizer, source=model.source)
+    parity = check_causal_parity(model, onnx_model, blocks, prompts, new_tokens)
+    if not parity.ok(atol):
+        if not strict:
+            return (f"failed the parity check (max |Δlogits| {parity.max_abs_diff:.2e}, greedy identical on "
+                    f"{parity.greedy_identical} of {parity.greedy_prompts} prompts)")
+        raise CompressError(
+            f"ONNX export ({kind} graph) differs from PyTorch: max |Δlogits| {parity.max_abs_diff:.2e} (atol {atol:.0e}) "
+            f"on {parity.blocks} blocks of {parity.block_size} tokens, greedy decode identical on "
+            f"{parity.greedy_identical} of {parity.greedy_prompts} prompts"
+            + (f" (first mismatch {parity.first_mismatch})" if parity.first_mismatch else ""),
+            "raise --atol if the difference is expected, or report the architecture")
+    return staged, kind, used_opset, input_names, parity
+
+
+def _optimum_export(model: TorchModel, src: Path, staged: Path, opset) -> None:
+    from optimum.exporters.onnx import main_export
+
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), _quiet():
+            main_export(str(src), output=str(staged), task="text-generation-with-past", opset=opset,
+                        do_validation=False, device="cpu")
+    except Exception as e:  # optimum raises many types for unsupported architectures
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise CompressError(f"optimum cannot export {type(model.module).__name__} with a KV cache: {first}",
+                            "use an architecture optimum-onnx supports (Llama, Mistral, Qwen2, GPT-2, ...)") from e
 
 
 @contextlib.contextmanager

@@ -3,7 +3,9 @@ with those projects' own tools, so the bench compares our stages with what those
 
 - llama.cpp: `to_gguf` runs llama.cpp's converter (`convert_hf_to_gguf.py`), `quantize_gguf` its quantizer
   (`llama_model_quantize`, what `llama-quantize` calls).
-- onnxruntime-genai: `to_genai` runs its model builder (`python -m onnxruntime_genai.models.builder`).
+- onnxruntime-genai: `to_genai` runs its model builder (`python -m onnxruntime_genai.models.builder`); for int8,
+  which the 0.11 builder has no precision for, its fp32 graph (untied head) then ONNX Runtime's MatMulNBits quantizer
+  (`python -m onnxruntime.quantization.matmul_nbits_quantizer --bits 8`), what later builders' `-p int8` writes.
 
 Every tool runs in a subprocess: a converter or builder crash, an abort inside llama.cpp, or the transformers
 classes the builder imports cannot break the calling process. Outputs are written beside the target and renamed
@@ -36,7 +38,7 @@ from compress.runtime.peers import require
 GGUF_OUTTYPES = ("f32", "f16", "q8_0")
 # llama.cpp file types by name (llama.h `enum llama_ftype`); the bindings export the same constants.
 GGUF_QUANTS = ("Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K_M", "Q5_K_M", "Q6_K")
-GENAI_PRECISIONS = ("fp32", "int4")
+GENAI_PRECISIONS = ("fp32", "int8", "int4")
 LLAMACPP_SRC_ENV = "COMPRESS_LLAMACPP_SRC"
 
 # Runs llama.cpp's converter as its own `__main__`, after putting its `conversion/` package and its own gguf-py
@@ -224,8 +226,9 @@ def to_genai(hf_folder: str | Path, out_dir: str | Path, precision: str = "int4"
     builder, in a subprocess; returns `out_dir`.
 
     Args:
-        precision: "int4" (MatMulNBits, options from `genai_options`) or "fp32". onnxruntime-genai 0.11 has no
-            int8 precision.
+        precision: "int4" (MatMulNBits, options from `genai_options`), "fp32", or "int8": onnxruntime-genai 0.11 has
+            no int8 precision, so its fp32 graph is quantized by ONNX Runtime's MatMulNBits quantizer (8 bits,
+            `block_size`, `accuracy_level`, asymmetric unless `symmetric`), head included.
         extra_options: more builder `--extra_options` (they override the ones derived from the arguments).
     """
     if precision not in GENAI_PRECISIONS:
@@ -240,14 +243,32 @@ def to_genai(hf_folder: str | Path, out_dir: str | Path, precision: str = "int4"
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.tmp-", dir=out.parent) as work:
         staging, cache = Path(work) / "model", Path(work) / "cache"
         cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(folder.resolve()),
-               "-o", str(staging), "-p", precision, "-e", "cpu", "-c", str(cache)]
+               "-o", str(staging), "-p", "fp32" if precision == "int8" else precision, "-e", "cpu", "-c", str(cache)]
         if options:
             cmd += ["--extra_options", *(f"{k}={v}" for k, v in options.items())]
         _run(cmd, f"onnxruntime-genai's model builder ({precision})", timeout, cwd=Path(work))
         if not (staging / "genai_config.json").is_file():
             raise CompressError("onnxruntime-genai's model builder wrote no genai_config.json",
                                 "check that the model family is one the builder supports (Llama, Mistral, Qwen, ...)")
+        if precision == "int8":
+            _quantize_nbits(staging, Path(work) / "int8", bits=8, block_size=block_size,
+                            accuracy_level=accuracy_level, symmetric=symmetric, timeout=timeout)
         if out.exists():
             shutil.rmtree(out)
         os.replace(staging, out)
     return out
+
+
+def _quantize_nbits(folder: Path, scratch: Path, *, bits: int, block_size: int, accuracy_level: int,
+                    symmetric: bool, timeout: float) -> None:
+    """Replace `folder/model.onnx` (+ external data) by ONNX Runtime's MatMulNBits quantization of it, run as its
+    users run it (the module's command line)."""
+    scratch.mkdir()
+    _run([sys.executable, "-m", "onnxruntime.quantization.matmul_nbits_quantizer",
+          "--input_model", str(folder / "model.onnx"), "--output_model", str(scratch / "model.onnx"),
+          "--bits", str(bits), "--block_size", str(block_size), "--accuracy_level", str(accuracy_level),
+          "--symmetric", str(symmetric)], f"ONNX Runtime's MatMulNBits quantizer ({bits} bits)", timeout)
+    for f in folder.glob("model.onnx*"):
+        f.unlink()
+    for f in scratch.iterdir():
+        os.replace(f, folder / f.name)

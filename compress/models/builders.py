@@ -118,7 +118,8 @@ def byte_tokenizer():
 
 
 def build_tiny_decoder(name: str, seed: int = 0) -> TorchModel:
-    """`tiny:llama` (GQA: 4 query heads sharing 2 KV heads, tied embeddings, like SmolLM2) or `tiny:gpt2`."""
+    """`tiny:llama` (GQA: 4 query heads sharing 2 KV heads, tied embeddings, like SmolLM2; heads of 16 dimensions,
+    the smallest ONNX Runtime's GroupQueryAttention takes, so the fused export applies) or `tiny:gpt2`."""
     import torch
 
     tokenizer = byte_tokenizer()
@@ -129,7 +130,7 @@ def build_tiny_decoder(name: str, seed: int = 0) -> TorchModel:
             from transformers import LlamaConfig, LlamaForCausalLM
 
             config = LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                                 num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=256,
                                  tie_word_embeddings=True, bos_token_id=0, eos_token_id=0, pad_token_id=0)
             module = LlamaForCausalLM(config)
         elif name == "gpt2":

@@ -119,7 +119,8 @@ class PeerSpec(_Strict):
     name: str = Field(pattern=NAME_PATTERN, description="Name of the row in the report (e.g. llama.cpp-q8_0).")
     runtime: Literal["llamacpp", "genai"] = Field(description="llamacpp or genai.")
     precision: str = Field("f32", description="llamacpp: f32, f16 (llama.cpp's converter) or a llama.cpp quantization "
-                           "of the f32 file (Q8_0, Q4_0, Q4_K_M...); genai: fp32 or int4 (its model builder).")
+                           "of the f32 file (Q8_0, Q4_0, Q4_K_M...); genai: fp32, int4 (its model builder) "
+                           "or int8 (its fp32 graph through ONNX Runtime's 8-bit MatMulNBits quantizer).")
     file: str | None = Field(None, description="llamacpp: run this GGUF as it is instead of converting the teacher "
                              "(`packaged`: the GGUF the packaged model came from, e.g. SmolLM2's Q4_1 file).")
 

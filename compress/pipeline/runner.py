@@ -213,9 +213,11 @@ def run(recipe: Recipe, *, runs_dir: str | Path = "runs", fresh: bool = False, o
         progress: let passes show their own progress bars.
     """
     from compress.core.paths import RunLock, guard_output
+    from compress.pipeline.preflight import validate_recipe
 
     runner = Runner(recipe, Path(runs_dir), on_event, progress)
     guard_output(runner.root, recipe_inputs(recipe), replace=False, what="--runs")
+    validate_recipe(recipe, examples=runner.examples)  # empty data, short domains, long windows: fail before stage 1
     with RunLock(runner.root):  # one run per folder; released on exit, taken over if its owner died
         return _run_locked(runner, recipe, fresh)
 

@@ -7,6 +7,7 @@ from its checkpoint. During selection the trial recipes score `data.validation` 
 eval (test) split is never read until the chosen model, the teacher and the baselines are scored on it once.
 
     runs/<recipe>/search/study.db     Optuna's SQLite study: a killed search resumes, two terminals share it
+                                      (or `storage`: any Optuna RDB URL, shared by workers on several machines)
     runs/<recipe>/search/best/        the best model so far that meets the budget, replaced atomically
     runs/<recipe>/search/latency/     per-candidate trial timings (same model, same protocol: timed once)
 
@@ -30,6 +31,9 @@ from compress.pipeline.results import digest
 from compress.pipeline.study import BEST_DIR as BEST_DIR  # the CLI prints where `best/` is
 from compress.pipeline.study import (
     best_trial,
+    check_storage,
+    db_errors,
+    drop_study,
     file_lock,
     finished,
     kept,
@@ -39,8 +43,11 @@ from compress.pipeline.study import (
     read_best,
     restore_best,
     resume_study,
+    running_elsewhere,
     search_dir,
     spent_seconds,
+    storage_error,
+    storage_url,
     trial_row,
     trial_rows,
 )
@@ -56,10 +63,20 @@ from compress.pipeline.trial import (
 )
 
 log = logging.getLogger(__name__)
+WAIT_S = 2.0  # a worker done with its trials polls this often for the other workers' running trials
+
+
+class SearchInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a search, with how many trials the study has finished (a re-run resumes from there)."""
+
+    def __init__(self, trials: int):
+        super().__init__(trials)
+        self.trials = trials
 
 
 def search(recipe: Recipe, *, runs_dir: str | Path = "runs", fresh: bool = False, on_event: Event | None = None,
-           progress: bool = False, finalize: bool = True) -> dict:
+           progress: bool = False, finalize: bool = True, storage: str | None = None,
+           study_name: str | None = None) -> dict:
     """Run (or resume) the search of `recipe` and return its results (what `report.search.write` renders).
 
     Args:
@@ -69,6 +86,13 @@ def search(recipe: Recipe, *, runs_dir: str | Path = "runs", fresh: bool = False
         on_event: callback `(kind, **info)`: "phase" (name), "trial" (number, state, row).
         progress: let passes show their own progress bars.
         finalize: after the trials, re-time the finalists together, choose, and score the eval split once.
+        storage: Optuna RDB URL of the study (default: SQLite in the search folder). Workers sharing it run their
+            own trials of one study; each finalizes once all trials are done (once in all, when they share
+            `runs_dir`).
+        study_name: the study's name in `storage` (default: the recipe's name).
+
+    Raises:
+        SearchInterrupted: Ctrl-C (a KeyboardInterrupt); the running trial is re-run first by the next call.
     """
     if recipe.search is None:
         raise CompressError(f"recipe '{recipe.name}' has no search block", "add `search:` (see recipes/minilm-sst2-search.yaml)")
@@ -88,25 +112,41 @@ def search(recipe: Recipe, *, runs_dir: str | Path = "runs", fresh: bool = False
     runs_dir = Path(runs_dir)
     folder = search_dir(recipe, runs_dir)
     guard_output(folder, recipe_inputs(recipe), replace=False, what="--runs")
+    url = storage_url(folder, storage)
+    if not (fresh and storage is None):  # --fresh deletes the default study file, whatever it holds
+        check_storage(url, default=storage is None)  # before anything is deleted
     if fresh:
+        if storage is not None:
+            drop_study(recipe, storage, study_name)
         shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True, exist_ok=True)
     restore_best(folder)
     emit = on_event or (lambda kind, **info: None)
     ctx = SearchContext(recipe, runs_dir, folder, emit, progress)
-    study = open_study(recipe, folder)
+    study = open_study(recipe, folder, storage, study_name)
     started = time.perf_counter()
-    retried = resume_study(study)
-    emit("phase", name="trials", finished=finished(study), total=recipe.search.trials, retried=retried)
-    _run_trials(ctx, study)
-    trial_seconds = time.perf_counter() - started
+    try:
+        retried = resume_study(study)
+        emit("phase", name="trials", finished=finished(study), total=recipe.search.trials, retried=retried)
+        _run_trials(ctx, study)
+        return _results(ctx, study, started, time.perf_counter() - started, finalize)
+    except KeyboardInterrupt:
+        raise SearchInterrupted(finished(study)) from None
+    except db_errors() as e:  # the storage went away mid-search (server down, disk full)
+        raise storage_error(url, e, default=storage is None) from None
+
+
+def _results(ctx: SearchContext, study, started: float, trial_seconds: float, finalize: bool) -> dict:
+    """The search's results: its trials and, with `finalize`, the choice and its one scoring of the eval split."""
+    recipe, folder = ctx.recipe, ctx.folder
     results = {"schema": 1, "kind": "search", "recipe": recipe.name, "description": recipe.description,
                "created": now(), "search": recipe.search.model_dump(mode="json"), "space_size": space_size(recipe.search),
                "candidate": search_candidate(recipe), "budget_metric": "perplexity" if ctx.causal else "accuracy",
                "run_dir": str(folder), "trials": trial_rows(study), "recipe_config": recipe_dict(recipe)}
     results["cost"] = {"this_session_seconds": round(trial_seconds, 1), "trial_seconds": round(spent_seconds(study), 1)}
     if finalize:
-        results.update(_finalize(ctx, study))
+        with file_lock(folder / ".final.lock"):  # workers sharing this folder: the first finalizes, the others reuse
+            results.update(_finalize(ctx, study))
         # A re-run of a finished search reuses the kept bench and test scores: the cost is the run that made them.
         if results.pop("finalized_now", False) or "final_seconds" not in study.user_attrs:
             study.set_user_attr("final_seconds", round(time.perf_counter() - started - trial_seconds, 1))
@@ -116,34 +156,64 @@ def search(recipe: Recipe, *, runs_dir: str | Path = "runs", fresh: bool = False
 
 
 def _run_trials(ctx: SearchContext, study) -> None:
+    """Run trials until the study has `search.trials` finished ones (or `max_hours` is spent), counting the trials
+    other workers of the same study are running; then wait for those, since one may fail and need re-running."""
+    import optuna
+
     search = ctx.recipe.search
-    remaining = search.trials - finished(study)
-    timeout = None
-    if search.max_hours is not None:
-        timeout = search.max_hours * 3600 - spent_seconds(study)
-    if remaining <= 0 or (timeout is not None and timeout <= 0):
-        return
+    waiting_for: list[int] = []
+
     def after(st, trial) -> None:
         _update_best(ctx, st)
         ctx.emit("trial", number=trial.number, state=trial.state.name.lower(), row=trial_row(trial))
-        if finished(st) >= search.trials:
+        if finished(st) + len(running_elsewhere(st)) >= search.trials:
             st.stop()
 
-    study.optimize(objective(ctx, lambda: study), n_trials=remaining, timeout=timeout, catch=(CompressError,),
-                   callbacks=[after])
+    while True:
+        timeout = None
+        if search.max_hours is not None:
+            timeout = search.max_hours * 3600 - spent_seconds(study)
+            if timeout <= 0:
+                return
+        others = running_elsewhere(study)
+        remaining = search.trials - finished(study) - len(others)
+        if remaining > 0 and not _grid_done(study):
+            study.optimize(objective(ctx, lambda: study), n_trials=remaining, timeout=timeout,
+                           catch=(CompressError,), callbacks=[after])
+            continue  # count again: the other workers went on meanwhile
+        if not others:
+            return
+        if others != waiting_for:
+            waiting_for = others
+            ctx.emit("phase", name="waiting", running=others)
+        time.sleep(WAIT_S)
+        optuna.storages.fail_stale_trials(study)  # a worker that died on another machine: its trial runs again
+        resume_study(study)  # ... or on this one, or it was Ctrl-C'd
+
+
+def _grid_done(study) -> bool:
+    """A grid search whose every setting has run, with no re-run queued: more trials would only repeat them."""
+    from optuna.samplers import GridSampler
+    from optuna.trial import TrialState
+
+    return isinstance(study.sampler, GridSampler) and study.sampler.is_exhausted(study) and \
+        not study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
 
 
 def _update_best(ctx: SearchContext, study) -> None:
     """After each trial: publish the best trial so far that meets the budget, if `best/` holds another."""
-    best = best_trial(study)
-    if best is None:
-        return
-    with file_lock(ctx.folder / ".best.lock"):  # two terminals may finish trials at once
+    with file_lock(ctx.folder / ".best.lock"):  # workers may finish trials at once: read the best inside the lock
+        best = best_trial(study)
+        if best is None:
+            return
         current = read_best(ctx.folder)
         if current is not None and current.get("trial") == best.number and not current.get("final"):
             return
+        row = best.user_attrs["full"]
+        if not Path(row["path"]).exists():
+            return  # a trial of a worker on another machine: its model is there (the finalization builds it here)
         info = {"trial": best.number, "settings": best.user_attrs["settings"], "phase": "trials", "final": False}
-        _publish(ctx, best.user_attrs["full"], info)
+        _publish(ctx, row, info)
 
 
 def _publish(ctx: SearchContext, row: dict, info: dict) -> None:
@@ -169,6 +239,7 @@ def _finalize(ctx: SearchContext, study) -> dict:
     if not finalists:
         return {"chosen": None, "finalists": [], "references": {}, "test": None,
                 "note": "no trial met the budget on the validation split: widen the space or the budget"}
+    finalists = [_here(ctx, r) for r in finalists]
     ctx.emit("phase", name="finalists", count=len(finalists))
     refs = {}
     if recipe.baselines:  # the baselines on validation: their models (for the bench) and their validation scores
@@ -188,7 +259,9 @@ def _finalize(ctx: SearchContext, study) -> dict:
     info = {"trial": chosen["number"], "settings": chosen["settings"], "phase": "final", "final": True,
             "p50_ms_final_bench": chosen.get("final_p50_ms")}
     with file_lock(ctx.folder / ".best.lock"):
-        _publish(ctx, chosen["full"], info)
+        current = read_best(ctx.folder)
+        if not (current and current.get("final") and current.get("trial") == chosen["number"]):
+            _publish(ctx, chosen["full"], info)  # not again when another worker of this folder did
     # Selection is over: the eval split is read now, once, for the chosen model and the references.
     ctx.emit("phase", name="test")
     candidate = search_candidate(recipe)
@@ -202,6 +275,17 @@ def _finalize(ctx: SearchContext, study) -> dict:
             "environment": (timing or {}).get("environment"),
             "primary_shape": (recipe.eval.primary_shape().model_dump() if recipe.eval.primary_shape() else None),
             "finalized_now": measured or scored}
+
+
+def _here(ctx: SearchContext, row: dict) -> dict:
+    """`row` with its model and teacher on this machine: a finalist a worker elsewhere ran (another --runs) is
+    built here, through the stage cache."""
+    full = row["full"]
+    if Path(full["path"]).exists() and Path(full["teacher_path"]).exists():
+        return row
+    results = run_pipeline(trial_recipe(ctx.recipe, row["settings"]), ctx.runs_dir, ctx.progress)
+    stage = next(s for s in results["stages"] if s["name"] == full["stage"])
+    return {**row, "full": {**full, "path": stage["path"], "teacher_path": results["stages"][0]["path"]}}
 
 
 def _final_bench(ctx: SearchContext, sources: list[str], labels: list[str], spec: BenchSpec) -> tuple[dict, bool]:

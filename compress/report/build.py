@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 
 from compress.report import causal
-from compress.report.intervals import crosses, speedup_ci
+from compress.report.intervals import crosses, number, speedup_ci
 
 
 def primary_row(stage: dict, primary: dict | None) -> dict | None:
@@ -133,7 +133,7 @@ def summarize(results: dict) -> dict:
             speed = f"{1 / c['speedup']:.2f}x slower"
         acc = ""
         if c["accuracy_drop"] is not None:
-            delta = f"{0.0 - 100 * c['accuracy_drop']:+.2f}".replace("-0.00", "+0.00")
+            delta = number(-100 * c["accuracy_drop"], "{:+.2f}")
             acc = f", accuracy {100 * best['accuracy']:.2f}% vs {100 * other['accuracy']:.2f}% ({delta} pt)"
         label = f"the teacher `{c['vs']}` ({other.get('backend')})" if other is stages[0] else f"`{c['vs']}`"
         parts.append(f"{speed} than {label}{acc}, {c['size_ratio']:.1f}x smaller" if c["size_ratio"] else

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import copy
 
-from compress.report.intervals import crosses, speedup_ci, with_ci
+from compress.report.intervals import crosses, number, speedup_ci, with_ci
 from compress.report.intervals import verdict as _verdict
 
 CAUSAL_TASK = "text-generation"
@@ -149,7 +149,7 @@ def summarize(results: dict) -> dict:
         label = f"the teacher `{other['name']}` ({other.get('backend')})" if other is stages[0] else f"`{other['name']}`"
         speed_text = "decode speed not measured" if speed is None else f"decodes {speed:.2f}x as fast as {label}"
         parts.append(f"{speed_text}, perplexity {best['perplexity']:.3f} vs {other['perplexity']:.3f} "
-                     f"({100 * delta:+.2f}%), {size:.1f}x smaller" if delta is not None and size else speed_text)
+                     f"({number(100 * delta, '{:+.2f}')}%), {size:.1f}x smaller" if delta is not None and size else speed_text)
     if best.get("speedup_vs_same_precision") is not None:
         summary["same_precision"] = {"vs": best["same_precision_baseline"], "speedup": best["speedup_vs_same_precision"]}
         parts.append(f"against the baseline of its own precision (`{best['same_precision_baseline']}`) it decodes "
@@ -177,11 +177,11 @@ COMPARE_COLUMNS = ["best", "versus", "decode speedup", "Δ ppl %", "smaller"]
 
 
 def _f(x, fmt="{:.2f}") -> str:
-    return "-" if x is None else fmt.format(x)
+    return number(x, fmt)
 
 
 def _size(mb) -> str:
-    return "-" if mb is None else (f"{mb:.1f}" if mb >= 10 else f"{mb:.3g}")
+    return "-" if mb is None else number(mb, "{:.1f}" if mb >= 10 else "{:.3g}")
 
 
 def stage_rows(results: dict) -> list[list[str]]:
@@ -319,8 +319,8 @@ def domain_rows(results: dict) -> tuple[list[str], list[list[str]]]:
             if d.get("perplexity") is None:
                 cells.append("-")
                 continue
-            delta = f" ({100 * (d['perplexity'] / t['perplexity'] - 1):+.1f}%)" if t.get("perplexity") and st is not results["stages"][0] else ""
-            cells.append(f"{d['perplexity']:.2f}{delta} | {d.get('bits_per_byte', 0):.3f}")
+            delta = f" ({number(100 * (d['perplexity'] / t['perplexity'] - 1), '{:+.1f}')}%)" if t.get("perplexity") and st is not results["stages"][0] else ""
+            cells.append(f"{number(d['perplexity'])}{delta} | {number(d.get('bits_per_byte', 0), '{:.3f}')}")
         rows.append(cells)
     return header, rows
 

@@ -1,20 +1,29 @@
 """A self-contained HTML report: inline CSS, plots embedded as base64 PNG, no external requests.
 
 A small inline script records, once the page has loaded, how many images decoded (`data-images-ok="n/m"` on
-<body>), so a headless browser can check that every plot rendered (scripts/check_report_html.py)."""
+<body>) and whether the page fits the window (`data-layout="page width/window width/tables scrolling"`), so a
+headless browser can check that every plot rendered and nothing overflows (`report.browser.check_html`)."""
 
 from __future__ import annotations
 
 import base64
 import html
+import re
 
 from compress.report import causal, render
 
 CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;color:#222;padding:0 1rem}
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1320px;color:#222;padding:0 1rem}
+p,ul{max-width:1100px}
 h1{font-size:1.6rem}h2{font-size:1.25rem;margin-top:2rem;border-bottom:1px solid #ddd}
-table{border-collapse:collapse;font-size:.85rem;margin:.5rem 0}th,td{border:1px solid #ddd;padding:.25rem .5rem;text-align:right}
-th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}tr.best td{background:#eaf7ea;font-weight:600}
+.table{overflow-x:auto;margin:.5rem 0;max-width:100%}
+table{border-collapse:separate;border-spacing:0;font-size:.8rem;border-top:1px solid #ddd;border-left:1px solid #ddd}
+th,td{border-right:1px solid #ddd;border-bottom:1px solid #ddd;padding:.25rem .4rem;text-align:right;white-space:nowrap;background:#fff}
+th{background:#f4f4f4;white-space:normal;vertical-align:bottom;min-width:3.5rem;max-width:9rem}
+td.wrap{white-space:normal;min-width:4.5rem}.wrap{text-align:left}.nw{white-space:nowrap}
+table.wide{font-size:.74rem}table.wide td,table.wide th{padding:.2rem .3rem}table.wide th{min-width:2.5rem}td{vertical-align:top}
+td:first-child,th:first-child{text-align:left;position:sticky;left:0;z-index:1;box-shadow:1px 0 0 #bbb}
+th:first-child{background:#f4f4f4}tr.best td{background:#eaf7ea;font-weight:600}
 .note{background:#f7f7ff;border-left:4px solid #1f77b4;padding:.6rem 1rem}.ok{color:#2ca02c}.miss{color:#d62728}
 figure{margin:1rem 0}figure img{max-width:100%;border:1px solid #eee}figcaption{font-size:.8rem;color:#666}
 code{background:#f4f4f4;padding:0 .2rem}.small{font-size:.8rem;color:#555}
@@ -22,30 +31,60 @@ code{background:#f4f4f4;padding:0 .2rem}.small{font-size:.8rem;color:#555}
 
 SCRIPT = ("window.addEventListener('load',function(){var im=Array.prototype.slice.call(document.images);"
           "var ok=im.filter(function(i){return i.complete&&i.naturalWidth>0;}).length;"
-          "document.body.setAttribute('data-images-ok',ok+'/'+im.length);});")
+          "document.body.setAttribute('data-images-ok',ok+'/'+im.length);"
+          "var wide=Array.prototype.filter.call(document.querySelectorAll('.table'),function(t){"
+          "return t.scrollWidth>t.clientWidth;}).length;"
+          "document.body.setAttribute('data-layout',document.documentElement.scrollWidth+'/'+window.innerWidth+'/'+wide);});")
+
+
+WRAP_AT = 18  # a longer cell of words may wrap (verdicts, settings, notes); figures (`2.38x [2.30-2.45]`) never do
+WIDE = 12  # a table of more columns is set smaller
+
+
+def _wraps(text: str) -> bool:
+    return len(text) > WRAP_AT and " " in text and re.search("[A-Za-z]{3}", text) is not None
+
+
+def _cell(text: str, header: str) -> str:
+    """A cell's HTML: verdicts coloured; in a cell that may wrap, each word kept whole (`baseline-int8` never breaks
+    at its hyphen, only at spaces)."""
+    words = [f'<span class="nw">{w}</span>' if "-" in w else w for w in html.escape(text).split(" ")]
+    joined = " ".join(words)
+    if header == "goals":
+        return joined.replace(" ok", ' <span class="ok">ok</span>').replace(" MISS", ' <span class="miss">MISS</span>')
+    return joined
 
 
 def _table(header: list[str], rows: list[list[str]], best_rows: set[int] | None = None) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    """A table that fits the window: headers wrap, cells of words wrap (between words), figures stay on one line, a
+    table of many columns is set smaller; one still wider than the page scrolls sideways inside its own box, with
+    the first column (the stage) kept in view."""
+    wrap = [any(_wraps(row[j]) for row in rows if j < len(row)) for j in range(len(header))]
+    head = "".join(f"<th{' class=wrap' if w else ''}>{html.escape(h)}</th>" for h, w in zip(header, wrap, strict=True))
     body = []
     for i, row in enumerate(rows):
         cls = ' class="best"' if best_rows and i in best_rows else ""
-        cells = "".join(f"<td>{_verdict_html(c) if h == 'goals' else html.escape(c)}</td>" for h, c in zip(header, row, strict=False))
+        cells = "".join(f"<td{' class=wrap' if w else ''}>{_cell(c, h)}</td>"
+                        for h, c, w in zip(header, row, wrap, strict=False))
         body.append(f"<tr{cls}>{cells}</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
-
-
-def _verdict_html(text: str) -> str:
-    return html.escape(text).replace(" ok", ' <span class="ok">ok</span>').replace(" MISS", ' <span class="miss">MISS</span>')
+    wide = ' class="wide"' if len(header) > WIDE else ""
+    return (f'<div class="table"><table{wide}><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+            "</div>")
 
 
 def _md_inline(text: str) -> str:
-    """Escape, then turn `code` spans into <code>."""
+    """Escape, then turn `code` spans into <code> and **bold** (outside code) into <b>."""
     parts = html.escape(text).split("`")
-    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
+    return "".join(f"<code>{p}</code>" if i % 2 else re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", p)
+                   for i, p in enumerate(parts))
 
 
-def _page(results: dict, parts: list[str]) -> str:
+def result_box(text: str) -> str:
+    """The page's Result box: the one-paragraph answer (Markdown inline: `code`, **bold**)."""
+    return f'<p class="note"><b>Result.</b> {_md_inline(text)}</p>'
+
+
+def _page(results: dict, parts: list[str], title: str | None = None) -> str:
     """The environment paragraph, then the whole self-contained page around `parts`."""
     env = results.get("environment") or {}
     versions = ", ".join(f"{k} {v}" for k, v in (env.get("versions") or {}).items())
@@ -53,7 +92,7 @@ def _page(results: dict, parts: list[str]) -> str:
                      f"{html.escape(', '.join(env.get('cpu_flags') or []) or '-')}), {render._threads(env)}, "
                      f"Python {html.escape(str(env.get('python', '?')))}; {html.escape(versions)}. Created "
                      f"{html.escape(str(results.get('created', '?')))}.</p>"]
-    title = html.escape(f"compress report: {results['recipe']}")
+    title = html.escape(title or f"compress report: {results['recipe']}")
     return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
             f"<style>{CSS}</style></head><body>{''.join(parts)}<script>{SCRIPT}</script></body></html>\n")
 
@@ -64,7 +103,7 @@ def _header(results: dict) -> list[str]:
     if results.get("description"):
         parts.append(f"<p>{_md_inline(results['description'])}</p>")
     if summary.get("note"):
-        parts.append(f'<p class="note"><b>Result.</b> {_md_inline(summary["note"])}</p>')
+        parts.append(result_box(summary["note"]))
     busy = render.busy_warning(results)
     if busy:
         parts.append(f'<p class="note"><b>Warning: timed on a busy machine.</b> {html.escape(busy)}</p>')

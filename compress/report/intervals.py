@@ -3,6 +3,11 @@ a goal, and how a figure, its interval and a verdict are written."""
 
 from __future__ import annotations
 
+import re
+
+# A sign before a figure that is all zeros (`-0.00`, `+0.0000x`, `-0`): what -0.0 and tiny values round to.
+_SIGNED_ZERO = re.compile(r"^[+-](?=0+(?:\.0+)?(?![0-9.]))")
+
 
 def speedup_ci(ref_row: dict | None, row: dict | None) -> list[float] | None:
     """95% interval of the speedup `ref_row` p50 / `row` p50 when both were timed in the same rounds."""
@@ -30,9 +35,17 @@ def verdict(stage: dict) -> str:
                     for k, ok in v.items())
 
 
+def number(value, fmt: str = "{:.2f}", unit: str = "") -> str:
+    """`fmt.format(value)` and `unit`, `-` for None; a figure that rounds to zero is written without a sign
+    (`0.00`, never `-0.00` or `+0.00`): -0.0 and -1e-7 are no loss, and a teacher's Δ against itself is plain 0."""
+    if value is None:
+        return "-"
+    return _SIGNED_ZERO.sub("", fmt.format(value)) + unit
+
+
 def with_ci(value, ci, fmt: str = "{:.2f}", unit: str = "") -> str:
     """`1.90x [1.62-2.10]`: a figure and its 95% interval (the figure alone when no interval was measured)."""
     if value is None:
         return "-"
-    text = fmt.format(value) + unit
-    return text if not ci else f"{text} [{fmt.format(ci[0])}-{fmt.format(ci[1])}]"
+    text = number(value, fmt, unit)
+    return text if not ci else f"{text} [{number(ci[0], fmt)}-{number(ci[1], fmt)}]"

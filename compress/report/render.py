@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 from compress.report import causal
+from compress.report.intervals import number, with_ci
 from compress.report.intervals import verdict as _verdict
-from compress.report.intervals import with_ci
 
 
 def _pct(x) -> str:
-    return "-" if x is None else f"{100 * x:.2f}"
+    return "-" if x is None else number(100 * x)
 
 
 def _pt(drop) -> str:
-    return "-" if drop is None else f"{0.0 - 100 * drop + 0.0:+.2f}".replace("-0.00", "+0.00")
+    """Accuracy change in points (a drop of 1% reads -1.00; no drop reads 0.00)."""
+    return "-" if drop is None else number(-100 * drop, "{:+.2f}")
 
 
 def _num(x, fmt="{:.2f}") -> str:
-    return "-" if x is None else fmt.format(x)
+    return number(x, fmt)
 
 
 def _threads(env: dict) -> str:
@@ -27,7 +28,7 @@ def _threads(env: dict) -> str:
 def _size(mb) -> str:
     if mb is None:
         return "-"
-    return f"{mb:.1f}" if mb >= 10 else f"{mb:.3g}"
+    return number(mb, "{:.1f}" if mb >= 10 else "{:.3g}")
 
 
 def _shape(results: dict) -> str:
@@ -71,7 +72,7 @@ def latency_rows(results: dict) -> list[list[str]]:
     for s in results["stages"]:
         for r in s.get("latency", []):
             rows.append([s["name"], r["backend"], r["device"], str(r["batch_size"]), str(r["seq_len"]) if text else "-",
-                         f"{r['p50_ms']:.2f}", f"{r['p90_ms']:.2f}", _num(r.get("speedup_vs_teacher"), "{:.2f}x")])
+                         _num(r["p50_ms"]), _num(r["p90_ms"]), _num(r.get("speedup_vs_teacher"), "{:.2f}x")])
     return rows
 
 
@@ -96,7 +97,7 @@ def _scalars(metrics: dict) -> dict:
 
 def _fmt(v) -> str:
     if isinstance(v, float):
-        return f"{v:.6g}"
+        return number(v, "{:.6g}")
     return str(v)
 
 

@@ -13,6 +13,8 @@ import os
 import shutil
 from pathlib import Path
 
+from compress.report.intervals import number
+
 
 def pareto(points: list[tuple[float, float]]) -> list[int]:
     """Indices of the points no other point beats on both axes: lower x (latency) and higher y (quality)."""
@@ -40,7 +42,7 @@ def _fmt(value, digits: int = 2) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
-        return f"{value:.{digits}f}"
+        return number(value, f"{{:.{digits}f}}")
     return str(value)
 
 
@@ -104,6 +106,43 @@ def chosen_table(results: dict) -> tuple[list[str], list[list[str]]] | None:
     return head, rows
 
 
+def result_note(results: dict) -> str:
+    """The Result box (Markdown inline): the chosen trial, its settings, its figures on validation and test against
+    the teacher, its final-bench latency against the teacher and the first baseline, its size, and where it is."""
+    chosen = results.get("chosen")
+    if not chosen:
+        feasible = sum(1 for t in results["trials"] if t["feasible"])
+        return (f"No model chosen yet: {results.get('note') or 'trials only'}; {len(results['trials'])} trials, "
+                f"{feasible} within the budget. Stage cache: `{results['run_dir']}/`.")
+    causal = results["budget_metric"] == "perplexity"
+    full, test = chosen["full"], results["test"]["stages"]
+    key = "perplexity" if causal else "accuracy"
+
+    def q(v):  # perplexity as is, accuracy in %
+        return "-" if v is None else (number(v) if causal else number(100 * v) + "%")
+
+    t_test, c_test = test["teacher"].get(key), test["chosen"].get(key)
+    delta = ""
+    if t_test is not None and c_test is not None:
+        delta = (f" ({number(100 * (c_test / t_test - 1), '{:+.2f}')}%)" if causal
+                 else f" ({number(100 * (c_test - t_test), '{:+.2f}')} pt)")
+    primary = results.get("primary") or {}
+    p50 = (primary.get(f"trial-{chosen['number']}") or {}).get("p50_ms")
+    speed = []
+    for name in ["teacher", *list(results["references"])[:1]]:
+        ref = (primary.get(name) or {}).get("p50_ms")
+        if p50 and ref:
+            speed.append(f"{ref / p50:.2f}x as fast as `{name}`")
+    shape = results.get("primary_shape") or {}
+    where = f" at {shape.get('device')} batch {shape.get('batch_size')} seq {shape.get('seq_len')}" if shape else ""
+    latency = (f"p50 {number(p50, '{:.3f}')} ms{where} in the final bench ({', '.join(speed)})" if p50
+               else "latency not re-timed")
+    return (f"Best trial #{chosen['number']} ({_settings(chosen['settings'])}): validation {key} {q(full.get(key))} vs "
+            f"the teacher's {q(full.get('teacher_' + key))}; test {key} {q(c_test)} vs {q(t_test)}{delta}; {latency}; "
+            f"{number(full.get('size_mb'), '{:.1f}')} MB. Model: `{results['run_dir']}/best/` (trial stage "
+            f"`{full.get('path')}`); every trial's figures: `search.json`.")
+
+
 def finalist_table(results: dict) -> tuple[list[str], list[list[str]]]:
     head = ["trial", "settings", "validation", "trial p50 ms", "final-bench p50 ms", "size MB"]
     rows = [[str(r["number"]), _settings(r["settings"]), _fmt(_quality(results, r["full"])),
@@ -124,44 +163,66 @@ def policy_lines(results: dict) -> list[str]:
 
 def pareto_png(results: dict) -> bytes | None:
     """Validation quality against trial p50 latency for every full-fidelity trial, marker area ~ size; the Pareto
-    front as a step line; the chosen trial in green, low-fidelity stops hollow."""
+    front as a step line; the chosen trial in green, low-fidelity stops hollow; a legend for all of it."""
     full = [t for t in results["trials"] if t["full"] and t["full"].get("p50_ms")]
     if not full:
         return None
-    from compress.report.plots import _figure, _png
+    from matplotlib.lines import Line2D
+
+    from compress.report.plots import GOAL_LINE, _figure, _legend_outside, _png, place_labels
 
     causal = results["budget_metric"] == "perplexity"
-    plt, fig, ax = _figure()
+    plt, fig, ax = _figure(9.5, 4.4)
     pts = [(t["full"]["p50_ms"], _quality(results, t["full"]) * (-1 if causal else 1)) for t in full]
     front = set(pareto(pts))
     chosen = (results.get("chosen") or {}).get("number")
     sizes = [t["full"]["size_mb"] for t in full]
     biggest = max(sizes) or 1
+    colors = {"chosen": "#2ca02c", "within": "#1f77b4", "over": "#d62728"}
+    shown, named = set(), {}  # named: point -> the trial numbers drawn there (a repeated setting lands on its twin)
     for i, t in enumerate(full):
-        color = "#2ca02c" if t["number"] == chosen else ("#1f77b4" if t["feasible"] else "#d62728")
-        ax.scatter(t["full"]["p50_ms"], _quality(results, t["full"]), s=30 + 200 * sizes[i] / biggest, color=color,
-                   edgecolors="black" if i in front else "none", zorder=3, alpha=0.8)
-        ax.annotate(str(t["number"]), (t["full"]["p50_ms"], _quality(results, t["full"])), textcoords="offset points",
-                    xytext=(5, 3), fontsize=7)
-    for t in results["trials"]:
-        if not t["full"] and t["low"] and t["low"].get("p50_ms"):
-            ax.scatter(t["low"]["p50_ms"], _quality(results, t["low"]), s=25, facecolors="none", edgecolors="grey",
-                       zorder=2)
+        kind = "chosen" if t["number"] == chosen else ("within" if t["feasible"] else "over")
+        shown.add(kind)
+        ax.scatter(t["full"]["p50_ms"], _quality(results, t["full"]), s=30 + 200 * sizes[i] / biggest,
+                   color=colors[kind], edgecolors="black" if i in front else "none", zorder=4 if kind == "chosen" else 3,
+                   alpha=0.8)
+        named.setdefault((t["full"]["p50_ms"], _quality(results, t["full"])), []).append(str(t["number"]))
+    low = [t for t in results["trials"] if not t["full"] and t["low"] and t["low"].get("p50_ms")]
+    for t in low:
+        ax.scatter(t["low"]["p50_ms"], _quality(results, t["low"]), s=25, facecolors="none", edgecolors="grey",
+                   zorder=2)
+    dot = {"marker": "o", "linestyle": "none", "markersize": 7}
+    labels = {"chosen": "chosen trial", "within": "full fidelity, within budget", "over": "full fidelity, over budget"}
+    handles = [Line2D([], [], **dot, markerfacecolor=colors[k], markeredgecolor="none", label=labels[k])
+               for k in colors if k in shown]
+    if low:
+        handles.append(Line2D([], [], **dot, markerfacecolor="none", markeredgecolor="grey",
+                              label="stopped at low fidelity"))
     line = sorted((pts[i][0], abs(pts[i][1])) for i in front)
     if len(line) > 1:
         ax.step([p[0] for p in line], [p[1] for p in line], where="post", color="#2ca02c", linestyle="--",
-                linewidth=1, label="Pareto front", zorder=1)
-        ax.legend(loc="best", fontsize=8)
+                linewidth=1, zorder=1)
+    handles.append(Line2D([], [], color="#2ca02c", linestyle="--", linewidth=1, marker="o", markersize=7,
+                          markerfacecolor="white", markeredgecolor="black", label="Pareto front (outlined)"))
     teacher = full[0]["full"].get("teacher_perplexity" if causal else "teacher_accuracy")
     if teacher is not None:
         search = results["search"]
         limit = teacher * (1 + search["max_perplexity_increase"]) if causal else \
             100 * (teacher - search["max_accuracy_drop"])
-        ax.axhline(limit, color="grey", linestyle=":", linewidth=1)
+        ax.axhline(limit, **GOAL_LINE)
+        budget = (f"+{number(100 * search['max_perplexity_increase'], '{:.1f}')}% perplexity" if causal
+                  else f"-{number(100 * search['max_accuracy_drop'])} pt accuracy")
+        handles.append(Line2D([], [], **GOAL_LINE, label=f"budget: teacher {budget}\n({number(limit)}"
+                              f"{'' if causal else '%'})"))
+    handles.append(Line2D([], [], **dot, markerfacecolor="none", markeredgecolor="none",
+                          label="marker area ~ size on disk;\nlabel = trial number"))
+    _legend_outside(ax, handles)
     ax.set_xlabel("p50 latency at the primary shape, ms (trial bench)")
     ax.set_ylabel("validation perplexity" if causal else "validation accuracy, %")
-    ax.set_title(f"{results['recipe']}: trials (marker area ~ size; dotted: budget)", fontsize=10)
-    return _png(plt, fig)
+    ax.set_title(f"{results['recipe']}: trials", fontsize=10)
+    fig.tight_layout()
+    place_labels(ax, list(named), [", ".join(numbers) for numbers in named.values()], fontsize=7, radius=9)
+    return _png(plt, fig, layout=False)
 
 
 def _md_table(head: list[str], rows: list[list[str]]) -> str:
@@ -218,6 +279,7 @@ def markdown(results: dict, plot: str | None) -> str:
     lines = [f"# Search: {results['recipe']}", ""]
     if results.get("description"):
         lines += [results["description"], ""]
+    lines += [f"**Result.** {result_note(results)}", ""]
     for title, prose, table in _sections(results):
         if title:
             lines += [f"## {title}", ""]
@@ -230,23 +292,27 @@ def markdown(results: dict, plot: str | None) -> str:
 
 
 def html_report(results: dict, png: bytes | None) -> str:
+    """The page, styled like the run report (`report.html`): the Result box, then the sections of `report.md`."""
+    from compress.report.html import _md_inline, _page, _table, result_box
+
     esc = html.escape
-    parts = [f"<!doctype html><meta charset='utf-8'><title>Search: {esc(results['recipe'])}</title>",
-             "<style>body{font-family:sans-serif;max-width:1200px;margin:2em auto}table{border-collapse:collapse}"
-             "td,th{border:1px solid #ccc;padding:2px 6px;font-size:13px}</style>",
-             f"<h1>Search: {esc(results['recipe'])}</h1>"]
+    parts = [f"<h1>Search: {esc(results['recipe'])}</h1>"]
+    if results.get("description"):
+        parts.append(f"<p>{_md_inline(results['description'])}</p>")
+    parts.append(result_box(result_note(results)))
     for title, prose, table in _sections(results):
         if title:
             parts.append(f"<h2>{esc(title)}</h2>")
-        parts.append(f"<p>{esc(prose)}</p>")
+        parts.append(f'<p{"" if title else " class=small"}>{_md_inline(prose)}</p>')
         if table:
             head, rows = table
-            parts.append("<table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in head) + "</tr>"
-                         + "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in rows)
-                         + "</table>")
+            best = {i for i, r in enumerate(rows) if r[0].startswith("chosen")} if title == "Chosen model" else None
+            parts.append(_table(head, rows, best))
         if title == "Trials" and png:
-            parts.append(f"<img alt='pareto' src='data:image/png;base64,{base64.b64encode(png).decode()}'>")
-    return "\n".join(parts) + "\n"
+            caption = "Validation quality vs latency, every trial"
+            parts.append(f'<figure><img alt="{esc(caption)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+                         f"<figcaption>{esc(caption)}</figcaption></figure>")
+    return _page(results, parts, title=f"compress search: {results['recipe']}")
 
 
 def write(results: dict, out_dir: str | Path) -> Path:

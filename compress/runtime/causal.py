@@ -2,9 +2,13 @@
 one decode step with the KV cache, and greedy generation. Perplexity/KL scoring, export parity, quantization
 budgets and the decoder benchmark all go through `CausalRunner`, so the two backends are measured the same way.
 
-The ONNX side expects the layout optimum's `text-generation-with-past` export writes (and `ORTModelForCausalLM`
-reads): inputs `input_ids`, `attention_mask` (past + new length), `position_ids`, `past_key_values.{i}.key|value`
-of shape (batch, kv_heads, past, head_dim); outputs `logits` and `present.{i}.key|value`.
+The ONNX side takes both decoder graphs `compress export` writes: optimum's `text-generation-with-past` (inputs
+`input_ids`, `attention_mask` (past + new length), `position_ids`, `past_key_values.{i}.key|value` of shape
+(batch, kv_heads, past, head_dim); outputs `logits` and `present.{i}.key|value`) and onnxruntime-genai's fused
+graph (the same names without `position_ids`: GroupQueryAttention derives positions from the mask).
+
+ONNX Runtime runs through I/O binding on every device: the cache stays in ONNX Runtime's own buffers (OrtValues)
+from one step to the next, never copied into numpy, and only the logits come back as an array.
 """
 
 from __future__ import annotations
@@ -75,11 +79,13 @@ class CausalRunner:
         two models' generations compare position by position)."""
         self.check_length(prompt_ids.shape[1] + max_new_tokens)
         mask = np.ones_like(prompt_ids) if prompt_mask is None else prompt_mask.astype(np.int64)
-        token, past = self.next_tokens(prompt_ids, mask, None)
+        width = prompt_ids.shape[1]
+        full = np.ones((mask.shape[0], width + max_new_tokens), np.int64)  # grows by slicing, never re-allocated
+        full[:, :width] = mask
+        token, past = self.next_tokens(prompt_ids, full[:, :width], None)
         out = [token]
-        for _ in range(max_new_tokens - 1):
-            mask = np.concatenate([mask, np.ones((mask.shape[0], 1), np.int64)], 1)
-            token, past = self.next_tokens(token[:, None], mask, past)
+        for step in range(1, max_new_tokens):
+            token, past = self.next_tokens(token[:, None], full[:, :width + step], past)
             out.append(token)
         return np.stack(out, 1)
 
@@ -136,29 +142,26 @@ class CausalRunner:
         return feed
 
     def _ort(self, input_ids, attention_mask, positions, past):
-        if self.device == "cuda":
-            return self._ort_cuda(input_ids, attention_mask, positions, past)
-        outputs = self.session.run(self.output_names, self._ort_feed(input_ids, attention_mask, positions, past))
-        return outputs[0], outputs[1:]
-
-    def _ort_cuda(self, input_ids, attention_mask, positions, past):
-        """IOBinding: the cache stays on the GPU between steps (OrtValues); only the logits come back to the host."""
+        """I/O binding: the cache stays in ONNX Runtime's buffers between steps (OrtValues on the model's device);
+        only the logits come back to the host."""
         import onnxruntime as ort
 
+        device = "cuda" if self.device == "cuda" else "cpu"
         binding = self.session.io_binding()
         host = {"input_ids": input_ids, "attention_mask": attention_mask}
         if self.has_position_ids:
             host["position_ids"] = positions
         for name, value in host.items():
-            binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(value.astype(np.int64), "cuda", 0))
+            value = np.ascontiguousarray(value, dtype=np.int64)
+            binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(value, device, 0))
         if past is None:
             empty = np.zeros((input_ids.shape[0], self.kv_shape[0], 0, self.kv_shape[1]), self.past_dtype)
-            past = [ort.OrtValue.ortvalue_from_numpy(empty, "cuda", 0) for _ in self.past_names]
+            past = [ort.OrtValue.ortvalue_from_numpy(empty, device, 0)] * len(self.past_names)
         for name, value in zip(self.past_names, past, strict=True):
             binding.bind_ortvalue_input(name, value)
         binding.bind_output(self.output_names[0], "cpu")
         for name in self.output_names[1:]:
-            binding.bind_output(name, "cuda")
+            binding.bind_output(name, device)
         self.session.run_with_iobinding(binding)
         outputs = binding.get_outputs()
         return outputs[0].numpy(), outputs[1:]

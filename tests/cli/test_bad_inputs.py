@@ -1,7 +1,8 @@
 """Bad input through the real CLI: one line on stderr naming the problem and the fix, exit 2, inputs untouched.
 
-Causal-LM finetune, distill windows longer than the context, .txt text for distill/prune, --block-size bounds,
-a truncated packaged GGUF; and the good side: .txt text trains a causal distill and calibrates a decoder prune."""
+Causal-LM finetune, distill windows longer than the context, .txt text for distill/prune, --window / --block-size
+bounds, a truncated packaged GGUF, recipes whose data or windows cannot work (refused before the first stage); and
+the good side: .txt text trains a causal distill and calibrates a decoder prune."""
 
 from __future__ import annotations
 
@@ -70,12 +71,25 @@ def test_finetune_pass_refuses_a_causal_lm(tmp_path):
 # --- 4. distill windows longer than the context ----------------------------------------------------------------
 
 
-def test_distill_block_longer_than_the_context_is_one_line(cli, tmp_path, txt):
+def test_distill_window_longer_than_the_context_is_one_line(cli, tmp_path, txt):
     before = _digest(txt)
-    _one_line_error(cli(["distill", "tiny:llama", "1", "--data", txt, "--block-size", "512", "--max-steps", "1",
+    _one_line_error(cli(["distill", "tiny:llama", "1", "--data", txt, "--window", "512", "--max-steps", "1",
                          "-o", tmp_path / "s", "--no-progress"]),
-                    "--block-size 512", "context", "256 tokens", "--block-size 256 or less")
+                    "--window 512", "context", "256 tokens", "--window 256 or less")
     assert _digest(txt) == before and not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("command", [["distill", "tiny:llama", "1", "-o", "{tmp}/s", "--max-steps", "1"],
+                                     ["eval", "tiny:llama"]])
+def test_block_size_is_a_deprecated_alias_of_window(cli, tmp_path, txt, command):
+    # execute: the old name of the token window, too long for the context
+    r = cli([a.format(tmp=tmp_path) for a in command] + ["--data", txt, "--block-size", "512"])
+    # assert: one deprecation note, then the error naming the new option
+    assert r.exit_code == 2, r.output
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 2 and r.stdout == ""
+    assert lines[0].startswith("note: --block-size is deprecated here; use --window")
+    assert lines[1].startswith("error: --window 512 is longer than the model's context of 256 tokens")
 
 
 # --- 5. .txt text for causal distill and prune -----------------------------------------------------------------
@@ -126,6 +140,12 @@ def test_block_size_bound_names_the_option(cli, tmp_path, args):
     assert not list(tmp_path.iterdir())
 
 
+def test_window_bound_names_the_option(cli, tmp_path):
+    _one_line_error(cli(["distill", "tiny:llama", "1", "-o", tmp_path / "s", "--window", "4"]), "--window 4",
+                    "at least 8")
+    assert not list(tmp_path.iterdir())
+
+
 def test_bad_distill_options_are_one_line(cli, tmp_path, labelled):
     _one_line_error(cli(["distill", "tiny:bert", "1", "--data", labelled, "--teacher-logits", "nope", "-o",
                          tmp_path / "s"]), "teacher-logits", "topk")
@@ -170,3 +190,50 @@ def test_truncated_gguf_conversion_names_the_file(tmp_path):
     with pytest.raises(CompressError, match="reinstall me"):
         convert_gguf(bad, tmp_path / "out", fix="reinstall me")
     assert not (tmp_path / "out").exists()
+
+
+# --- issue 26: a recipe is checked before its first stage (run and --dry-run) ------------------------------------
+
+
+def _recipe(tmp_path, eval_options=None, eval_text=None):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text("".join(json.dumps({"text": f"{i}. {TEXT}"}) + "\n" for i in range(4)))
+    (folder / "test.jsonl").write_text(eval_text if eval_text is not None else
+                                       "".join(json.dumps({"text": f"{i}: {TEXT}"}) + "\n" for i in range(4)))
+    recipe = {"name": "pre", "model": "tiny:llama", "task": "text-generation",
+              "data": {"source": str(folder), "validation": "train", "eval": "test"},
+              "stages": [{"name": "int4", "pass": {"type": "quantize_ort", "mode": "int4"}}],
+              "eval": {"window": 32, "latency": None, **(eval_options or {})}}
+    path = tmp_path / "pre.yaml"
+    path.write_text(json.dumps(recipe))  # JSON is YAML
+    return path
+
+
+@pytest.mark.parametrize("eval_options, eval_text, needles", [
+    (None, "", ["data.eval", "empty (0 examples)", "point data.eval at a file or split with examples"]),
+    ({"window": 1024}, None, ["eval.window 1024 is longer than the model's context of 256 tokens",
+                              "set eval.window to 256 or less"]),
+    ({"domains": [{"name": "gone", "source": "missing/domain.txt"}]}, None,
+     ["eval.domains[0].source", "'missing/domain.txt'", "not found"]),
+])
+def test_bad_recipe_fails_before_the_first_stage(cli, tmp_path, eval_options, eval_text, needles):
+    path = _recipe(tmp_path, eval_options, eval_text)
+    for args in (["run", path, "--dry-run"], ["run", path, "--runs", tmp_path / "runs", "-o", tmp_path / "rep"]):
+        _one_line_error(cli(args), *needles)
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "rep").exists()
+
+
+def test_short_domain_fails_before_the_first_stage(cli, tmp_path):
+    short = tmp_path / "short.txt"
+    short.write_text("Calm sea.\n")
+    path = _recipe(tmp_path, {"domains": [{"name": "short", "source": str(short)}]})
+    _one_line_error(cli(["run", path, "--runs", tmp_path / "runs", "-o", tmp_path / "rep"]),
+                    "eval.domains[0]: 'short' has", "fewer than one eval.window (32)", "add documents")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_good_recipe_dry_run_is_ok(cli, tmp_path):
+    r = cli(["run", _recipe(tmp_path), "--dry-run", "--runs", tmp_path / "runs"])
+    assert r.exit_code == 0, r.output
+    assert "is valid" in r.output and not (tmp_path / "runs").exists()

@@ -20,7 +20,7 @@ def test_cli_eval_export_quantize(cli, tmp_path):
     assert r.exit_code == 0, r.output
     metrics = tmp_path / "m.json"
     r = cli(["eval", tmp_path / "q4", "--data", RTE, "--split", "validation", "--reference", "tiny:llama",
-             "--block-size", "32", "--max-documents", "4", "--new-tokens", "4", "--json", metrics])
+             "--window", "32", "--limit", "4", "--new-tokens", "4", "--json", metrics])
     assert r.exit_code == 0, r.output
     m = json.loads(metrics.read_text())
     assert m["documents"] == 4 and m["perplexity"] > 1 and 0 <= m["kl"] < 0.01 and m["greedy_prompts"] == 8
@@ -44,7 +44,7 @@ def test_cli_eval_scores_documents(cli, tmp_path):
     for key in ("perplexity", "nll", "tokens", "words", "bits_per_byte", "byte_perplexity", "word_perplexity",
                 "generations"):
         assert key in m
-    # --max-blocks still works (the old name of --max-documents), and --separator picks the context token
+    # --max-blocks still works (an old name of --limit), and --separator picks the context token
     r = cli(["eval", "tiny:llama", "--data", txt, "--max-blocks", "1", "--separator", "a", "--new-tokens", "1",
              "--json", metrics])
     assert r.exit_code == 0, r.output
@@ -57,7 +57,7 @@ def test_cli_eval_scores_documents(cli, tmp_path):
     (["eval", "tiny:llama", "--data", "{empty}"], "no text in"),
     (["bench", "tiny:llama", "-s", "300", "-b", "1", "--no-isolate", "--iters", "1", "--rounds", "1"],
      "longer than the model's context of 256"),
-    (["eval", "tiny:llama", "--data", "{txt}", "--block-size", "300"], "longer than the model's context of 256"),
+    (["eval", "tiny:llama", "--data", "{txt}", "--window", "300"], "--window 300 is longer than the model's context of 256"),
     (["eval", "tiny:llama", "--data", "{txt}", "--separator", "<|nope|>"], "not a token of the model's vocabulary"),
     (["quantize", "tiny:bert", "-o", "{tmp}/q", "--mode", "int4"], "for causal LMs"),
     (["quantize", "tiny:llama", "-o", "{tmp}/q", "--mode", "static"], "not available for causal LMs"),

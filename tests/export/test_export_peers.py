@@ -66,7 +66,7 @@ def test_bad_arguments_fail_before_any_tool_runs(tmp_path):
     with pytest.raises(CompressError, match="not found"):
         quantize_gguf(tmp_path / "missing.gguf", tmp_path / "q.gguf")
     with pytest.raises(CompressError, match="precision"):
-        to_genai(tmp_path, tmp_path / "g", precision="int8")
+        to_genai(tmp_path, tmp_path / "g", precision="int2")
 
 
 def test_gguf_conversion_and_quantization(tiny_folder, tmp_path):

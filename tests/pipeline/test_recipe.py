@@ -133,3 +133,135 @@ def test_cli_dry_run_prints_plan(cli, tmp_path):
     assert result.exit_code == 0, result.output
     assert "scaled" in result.output and "torch>onnx" in result.output and "to run" in result.output
     assert not (tmp_path / "runs").exists()  # nothing ran
+
+
+# --- preflight: what the data and the model can tell, before the first stage (issue 26) -------------------------
+
+PROSE = "The harbour was quiet in the morning, and the boats rocked slowly on the grey water. "
+
+
+def causal(tmp_path, **eval_options) -> dict:
+    """A tiny-llama recipe on a JSONL of real sentences (validation and eval splits in a folder)."""
+    folder = tmp_path / "text"
+    folder.mkdir(exist_ok=True)
+    for split in ("validation", "eval"):
+        path = folder / f"{split}.jsonl"
+        if not path.exists():
+            path.write_text("".join(f'{{"text": "{i}. {PROSE * 3}"}}\n' for i in range(6)))
+    return {"name": "c", "model": "tiny:llama", "task": "text-generation",
+            "data": {"source": str(folder), "validation": "validation", "eval": "eval"},
+            "stages": [{"name": "int4", "pass": {"type": "quantize_ort", "mode": "int4", "block_size": 32}}],
+            "eval": {"window": 32, "latency": None, **eval_options}}
+
+
+def preflight_error(data: dict, model=None) -> str:
+    from compress.pipeline.preflight import validate_recipe
+
+    with pytest.raises(CompressError) as info:
+        validate_recipe(parse_recipe(data), model)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_preflight_passes_a_good_causal_recipe(tmp_path, llama):
+    from compress.pipeline.preflight import validate_recipe
+
+    validate_recipe(parse_recipe(causal(tmp_path)), llama)  # no error
+
+
+@pytest.mark.parametrize("split, content, needles", [
+    ("eval", "", ["data.eval", "empty (0 examples)", "point data.eval at"]),
+    ("validation", "\n\n", ["data.validation", "0 examples", "or drop data.validation"]),
+    ("eval", '{"text": ""}\n{"text": "  "}\n', ["data.eval", "0 documents"]),
+])
+def test_preflight_refuses_an_empty_split(tmp_path, llama, split, content, needles):
+    data = causal(tmp_path)
+    (tmp_path / "text" / f"{split}.jsonl").write_text(content)
+    message = preflight_error(data, llama)
+    for needle in needles:
+        assert needle in message
+
+
+def test_preflight_refuses_an_empty_classifier_split_without_loading_the_model(tmp_path, monkeypatch):
+    from compress.models import load
+
+    monkeypatch.setattr(load, "load_model", lambda *a, **k: pytest.fail("a classifier recipe loads no model"))
+    (tmp_path / "dev.jsonl").write_text("")
+    (tmp_path / "train.jsonl").write_text('{"text": "good", "label": 1}\n')
+    data = base() | {"task": "image-classification"}
+    data["data"] = {"source": str(tmp_path), "train": "train", "eval": "dev"}
+    assert "data.eval: " in preflight_error(data)
+
+
+@pytest.mark.parametrize("change, needles", [
+    ({"eval": {"window": 512}}, ["eval.window 512 is longer than the model's context of 256 tokens",
+                                 "set eval.window to 256 or less"]),
+    ({"eval": {"block_size": 300}}, ["eval.block_size 300", "context of 256"]),
+    ({"stages": [{"name": "kd", "pass": {"type": "distill", "block_size": 512}}]},
+     ["stages[0].pass.block_size 512", "set stages[0].pass.block_size to 256 or less"]),
+    ({"stages": [{"name": "p", "pass": {"type": "prune_structured", "unit": "neurons", "sparsity": 0.5,
+                                        "calibration_block_size": 300}}]},
+     ["stages[0].pass.calibration_block_size 300"]),
+    ({"stages": [{"name": "p", "pass": {"type": "prune_structured", "unit": "neurons", "sparsity": 0.5,
+                                        "recover": {"block_size": 300}}}]},
+     ["stages[0].pass.recover.block_size 300"]),
+    ({"stages": [{"name": "q", "pass": {"type": "quantize_ort", "mode": "int4", "max_drop": 0.1,
+                                        "block_tokens": 300}}]},
+     ["stages[0].pass.block_tokens 300"]),
+])
+def test_preflight_refuses_a_window_longer_than_the_context(tmp_path, llama, change, needles):
+    data = causal(tmp_path)
+    data["eval"].update(change.get("eval", {}))
+    if "stages" in change:
+        data["stages"] = change["stages"]
+        data["data"]["train"] = "eval"  # distill and recovery train on text
+    message = preflight_error(data, llama)
+    for needle in needles:
+        assert needle in message
+
+
+def test_preflight_quantization_block_is_not_a_token_window(tmp_path, llama):
+    from compress.pipeline.preflight import validate_recipe
+
+    data = causal(tmp_path)  # block_tokens 300 is unused without a budget; block_size 256 is a quantization group
+    data["stages"] = [{"name": "q", "pass": {"type": "quantize_ort", "mode": "int4", "block_size": 256,
+                                             "block_tokens": 300}}]
+    validate_recipe(parse_recipe(data), llama)
+
+
+def test_preflight_checks_the_eval_domains(tmp_path, llama):
+    good = {"name": "prose", "source": str(tmp_path / "text" / "eval.jsonl")}
+    # a missing file
+    message = preflight_error(causal(tmp_path, domains=[good, {"name": "gone", "source": str(tmp_path / "no.txt")}]),
+                              llama)
+    assert "eval.domains[1].source" in message and "'gone'" in message and "not found" in message
+    # an empty file
+    (tmp_path / "empty.txt").write_text("\n")
+    message = preflight_error(causal(tmp_path, domains=[{"name": "e", "source": str(tmp_path / "empty.txt")}]), llama)
+    assert "eval.domains[0]" in message and "0 documents" in message
+    # fewer tokens than one window
+    (tmp_path / "short.txt").write_text("Calm sea.\n")
+    message = preflight_error(causal(tmp_path, domains=[good, {"name": "s", "source": str(tmp_path / "short.txt")}]),
+                              llama)
+    assert "eval.domains[1]: 's' has" in message and "fewer than one eval.window (32)" in message
+    assert "add documents" in message
+    # the eval split stands in for the domains when there are none
+    (tmp_path / "text" / "eval.jsonl").write_text('{"text": "Calm sea."}\n')
+    assert "data.eval: 'eval' has" in preflight_error(causal(tmp_path), llama)
+
+
+def test_preflight_refuses_a_domain_that_is_all_training_text(tmp_path, llama):
+    data = causal(tmp_path, domains=[{"name": "seen", "source": str(tmp_path / "text" / "eval.jsonl")}])
+    data["data"]["train"] = "eval"
+    assert "every document of 'seen' is also in the training text" in preflight_error(data, llama)
+
+
+def test_run_validates_before_the_first_stage(tmp_path):
+    from compress.pipeline.runner import run
+
+    data = causal(tmp_path)
+    data["eval"]["window"] = 512
+    with pytest.raises(CompressError, match="eval.window 512"):
+        run(parse_recipe(data), runs_dir=tmp_path / "runs")
+    assert not (tmp_path / "runs" / "c").exists()  # no stage folder, no lock

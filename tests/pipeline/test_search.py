@@ -218,6 +218,7 @@ def test_killed_search_resumes_without_repeating_finished_trials(tmp_path, monke
     assert calls == []
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # study.ask() outside optimize: fine here
 def test_a_trial_of_a_killed_process_is_requeued(tmp_path):
     from optuna.trial import TrialState
 
@@ -271,7 +272,8 @@ def test_best_always_meets_the_budget_and_the_test_split_is_read_only_after_the_
     # assert: honest selection
     assert ("selection", "test") not in reads
     assert ("selection", "validation") in reads
-    assert [r for r in reads if r[0] == "test"] == [("test", "test")]  # the test split: read once, after the choice
+    # the test split: read once, after the choice (the final run's preflight may re-read train/validation)
+    assert [r for r in reads if r[1] == "test"] == [("test", "test")]
     assert results["test"]["split"]["split"] == "test"
     # assert: the choice meets the budget on validation; best/ holds it
     chosen = results["chosen"]
@@ -448,3 +450,240 @@ def test_trial_table_marks_repeated_settings():
     # assert
     notes = [r[-1] for r in rows]
     assert "same settings" not in notes[0] and "same settings as #0" in notes[1] and "same settings" not in notes[2]
+
+
+# --- distributed search: workers sharing one study ------------------------------------------------------------
+
+# A worker process: the real CLI, with each publish of best/ logged, and its first trial held until the other worker
+# has started one too (so that both run trials of the study, however fast the first one starts).
+WORKER = """
+import json, os, sys, time
+from pathlib import Path
+from compress.pipeline import search as lib
+from compress.pipeline import trial as trials
+
+log, ready = Path(sys.argv[1]), Path(sys.argv[2])
+real_publish, real_score = lib.publish_best, trials.score
+
+def publish(folder, row, info, trial):
+    with open(log, "a") as f:
+        f.write(json.dumps({"pid": os.getpid(), "trial": info["trial"], "final": info["final"]}) + "\\n")
+    return real_publish(folder, row, info, trial)
+
+def score(ctx, settings, fidelity):
+    if not (ready / str(os.getpid())).exists():
+        (ready / str(os.getpid())).touch()
+        deadline = time.time() + 120
+        while len(list(ready.iterdir())) < 2 and time.time() < deadline:
+            time.sleep(0.05)
+    return real_score(ctx, settings, fidelity)
+
+lib.publish_best, trials.score = publish, score
+from compress.cli import app
+app(sys.argv[3:])
+"""
+
+
+def test_two_workers_share_one_study_and_write_best_once(tmp_path):
+    from _reliability import ENV
+
+    from compress.pipeline.study import open_study
+
+    # setup: two workers, one SQLite storage, one runs folder (a shared file system); four trials in all
+    data = tiny(trials=4, space={"prune.sparsity": [0.25, 0.5]})
+    path, db = write(tmp_path, data), tmp_path / "shared" / "study.db"
+    db.parent.mkdir()
+    ready, log = tmp_path / "ready", tmp_path / "publish.jsonl"
+    ready.mkdir()
+    url = f"sqlite:///{db}"
+    workers = [subprocess.Popen([sys.executable, "-c", WORKER, str(log), str(ready), "search", str(path),
+                                 "--runs", str(tmp_path / "runs"), "-o", str(tmp_path / f"reports-{i}"),
+                                 "--storage", url, "--no-progress"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+               for i in range(2)]
+    # execute
+    outputs = [w.communicate(timeout=300) for w in workers]
+    # assert: both finished, each ran trials of the one study, no trial number twice
+    for w, (out, err) in zip(workers, outputs, strict=True):
+        assert w.returncode == 0, out + err
+        assert "best model:" in out
+    study = open_study(parse_recipe(data), tmp_path / "unused", storage=url)
+    done = [t for t in study.get_trials() if t.state.name == "COMPLETE"]
+    numbers = [t.number for t in study.get_trials()]
+    assert len(numbers) == len(set(numbers))
+    assert 4 <= len(done) <= 5  # a worker may start one more while the other's last trial ends
+    assert {t.user_attrs["pid"] for t in done} == {w.pid for w in workers}
+    assert not (tmp_path / "unused").exists()  # --storage: no study file in the runs folder
+    # assert: the final best/ was written once (the second worker reused the first one's finalization), and every
+    # best trial of the trials phase once
+    publishes = [json.loads(line) for line in log.read_text().splitlines()]
+    assert sum(p["final"] for p in publishes) == 1
+    during = [p["trial"] for p in publishes if not p["final"]]
+    assert len(during) == len(set(during))
+    best = json.loads((tmp_path / "runs" / "tiny-search" / "search" / "best" / "best.json").read_text())
+    chosen = [json.loads((tmp_path / f"reports-{i}" / "tiny-search" / "search.json").read_text())["chosen"]["number"]
+              for i in range(2)]
+    assert best["final"] and chosen == [best["trial"]] * 2
+
+
+# --- bad storage, Ctrl-C, no feasible trial: one line, the right exit code, inputs unchanged ----------------------
+
+
+def _study_db(tmp_path, data: dict):
+    """A real study database with one finished trial, and its checksum."""
+    from _reliability import checksum
+
+    from compress.pipeline.study import open_study
+
+    db = tmp_path / "study.db"
+    study = open_study(parse_recipe(data), tmp_path, storage=f"sqlite:///{db}")
+    study.optimize(lambda trial: trial.suggest_categorical("prune.sparsity", [0.25, 0.5, 0.9]) and 1.0, n_trials=1)
+    return db, checksum(db)
+
+
+def test_corrupt_study_database_is_one_line_and_left_unchanged(cli, tmp_path):
+    from _reliability import assert_one_line_error, checksum
+
+    # setup: the default study file, and one given with --storage, both random bytes
+    path = write(tmp_path, tiny(trials=1, space={"prune.sparsity": [0.5]}))
+    default = tmp_path / "runs" / "tiny-search" / "search" / "study.db"
+    default.parent.mkdir(parents=True)
+    default.write_bytes(os.urandom(4096))
+    other = tmp_path / "other.db"
+    other.write_bytes(os.urandom(4096))
+    before = checksum(default), checksum(other)
+    # execute
+    first = cli(["search", path, "--runs", tmp_path / "runs"])
+    second = cli(["search", path, "--runs", tmp_path / "runs2", "--storage", f"sqlite:///{other}"])
+    # assert
+    assert_one_line_error(first, "is not an SQLite database", "--fresh")
+    assert_one_line_error(second, "is not an SQLite database", "another --storage")
+    assert (checksum(default), checksum(other)) == before
+    assert not (tmp_path / "runs2" / "tiny-search" / "search" / "best").exists()
+    # the fix the first one names works: --fresh starts a new study in place of the default file
+    fresh = cli(["search", path, "--runs", tmp_path / "runs", "--fresh", "--trials-only", "--no-progress"])
+    assert fresh.exit_code == 0, fresh.output
+
+
+def test_read_only_study_database_is_one_line_and_left_unchanged(cli, tmp_path):
+    from _reliability import assert_one_line_error, checksum
+
+    # setup: SQLite opened read-only (works as root too, unlike chmod)
+    data = tiny()
+    db, before = _study_db(tmp_path, data)
+    # execute
+    result = cli(["search", write(tmp_path, data), "--runs", tmp_path / "runs",
+                  "--storage", f"sqlite:///file:{db}?mode=ro&uri=true"])
+    # assert
+    assert_one_line_error(result, "read-only")
+    assert checksum(db) == before
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes read-only files")
+@pytest.mark.parametrize("what", ["file", "folder"])
+def test_chmod_read_only_study_is_one_line_and_left_unchanged(cli, tmp_path, what):
+    from _reliability import assert_one_line_error, checksum
+
+    data = tiny()
+    db, before = _study_db(tmp_path / "s", data)
+    locked = db if what == "file" else db.parent
+    locked.chmod(0o444 if what == "file" else 0o555)
+    try:
+        result = cli(["search", write(tmp_path, data), "--runs", tmp_path / "runs", "--storage", f"sqlite:///{db}"])
+    finally:
+        locked.chmod(0o644 if what == "file" else 0o755)
+    assert_one_line_error(result, "read-only", "writable")
+    assert checksum(db) == before
+
+
+@pytest.mark.parametrize("url, expected", [
+    ("not a url", "is not a database URL"),
+    ("nosuchdb://host/db", "is not a database URL"),
+    ("sqlite:////nonexistent-folder/x/study.db", "does not exist"),
+    ("postgresql://me:s3cret@127.0.0.1:1/db", "storage postgresql://me:***@127.0.0.1:1/db"),  # no driver, or refused
+])
+def test_unusable_storage_url_is_one_line(cli, tmp_path, url, expected):
+    from _reliability import assert_one_line_error
+
+    result = cli(["search", write(tmp_path, tiny()), "--runs", tmp_path / "runs", "--storage", url])
+    line = assert_one_line_error(result, expected)
+    assert "s3cret" not in line
+    assert not (tmp_path / "runs" / "tiny-search" / "search" / "study.db").exists()
+
+
+def test_ctrl_c_exits_130_with_one_line_and_the_search_resumes(cli, tmp_path, monkeypatch, one_thread):
+    from compress.pipeline import trial as trials
+
+    # setup: Ctrl-C in the second trial
+    path = write(tmp_path, tiny(trials=2, space={"prune.sparsity": [0.25, 0.5]}))
+    args = ["search", path, "--runs", tmp_path / "runs", "-o", tmp_path / "reports", "--trials-only", "--no-progress"]
+    real, calls = trials.score, []
+
+    def interrupted(ctx, settings, fidelity):
+        calls.append(settings)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(ctx, settings, fidelity)
+
+    monkeypatch.setattr(trials, "score", interrupted)
+    # execute
+    first = cli(args)
+    again = cli(args)
+    # assert: one line, exit 130; the re-run runs the interrupted trial first and finishes
+    assert first.exit_code == 130, first.output
+    assert first.output.strip().splitlines()[-1] == "interrupted after 1 trial; re-run the same command to resume"
+    assert "Traceback" not in first.output
+    assert again.exit_code == 0, again.output
+    assert "trials: 1/2 finished, re-running interrupted trial(s) [1]" in again.output
+    assert calls[2] == calls[1]  # the same settings again
+    study = json.loads((tmp_path / "runs" / "tiny-search" / "search" / "best" / "best.json").read_text())
+    assert study["figures"]["violation"] <= 0
+
+
+def test_real_sigint_exits_130_and_resumes(tmp_path):
+    import re
+    import signal
+    import time
+
+    from _reliability import compress, popen
+
+    from compress.pipeline.study import finished, open_study, search_dir
+
+    # setup: the real CLI as a process, interrupted once its first trial is done
+    path = write(tmp_path, tiny(trials=3, space={"prune.sparsity": [0.25, 0.5]}))
+    args = ["search", path, "--runs", tmp_path / "runs", "--trials-only", "--no-progress"]
+    proc = popen(*args)
+    deadline = time.time() + 120
+    for line in proc.stdout:
+        if line.startswith("trial 0:") or time.time() > deadline:
+            break
+    # execute
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    again = compress(*args)
+    # assert
+    assert proc.returncode == 130, out + err
+    assert err.strip().splitlines()[-1].startswith("interrupted after ") and "Traceback" not in err
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert re.search(r"^trial \d+: complete", again.stdout, re.M)  # it went on where it stopped
+    assert "best so far:" in again.stdout
+    recipe = parse_recipe(tiny(trials=3, space={"prune.sparsity": [0.25, 0.5]}))
+    assert finished(open_study(recipe, search_dir(recipe, tmp_path / "runs"))) == 3
+
+
+def test_no_feasible_trial_exits_2_and_points_at_no_best(cli, tmp_path, one_thread):
+    from compress.pipeline import search as lib
+
+    # setup: sparsity 0.9 costs about 6 pt; the budget is 0.1 pt
+    data = tiny(trials=1, space={"prune.sparsity": [0.9]}, max_accuracy_drop=0.001)
+    # execute
+    result = cli(["search", write(tmp_path, data), "--runs", tmp_path / "runs", "-o", tmp_path / "reports",
+                  "--no-progress"])
+    # assert
+    assert result.exit_code == 2, result.output
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith("error: no trial met the budget (max_accuracy_drop 0.001") and "widen" in last
+    assert "Traceback" not in result.output and "best" not in result.output.replace(last, "")
+    folder = lib.search_dir(parse_recipe(data), tmp_path / "runs")
+    assert not (folder / "best").exists()
+    assert (tmp_path / "reports" / "tiny-search" / "report.md").exists()  # the report shows the trials

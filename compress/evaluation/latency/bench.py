@@ -56,6 +56,11 @@ class BenchSpec(BaseModel):
         "as the runtime's users run it (PyTorch: OMP_WAIT_POLICY unset, OpenMP's spin-then-sleep; ONNX Runtime: its "
         "own thread pool, default spinning); passive / active = OMP_WAIT_POLICY=PASSIVE / ACTIVE for every worker. "
         "The parent's OMP_WAIT_POLICY (e.g. PASSIVE for training) never reaches the workers.")
+    decoder_loop: Literal["auto", "generator", "runner"] = Field(
+        "auto", description="Causal LMs in ONNX: the decode loop timed. generator = onnxruntime-genai's Generator (no "
+        "per-token Python; fused folders with genai_config.json, CPU, batch 1: what users of that graph run); runner "
+        "= compress's CausalRunner (I/O binding; any graph, batch, device); auto = generator where it applies "
+        "(CPU, batch sizes [1], a fused folder, onnxruntime-genai installed), else runner.")
     busy: Literal["refuse", "mark", "ignore"] = Field(
         "mark", description="What to do when the machine is busy (1-minute load average above the bench's threads + "
         "0.5, or CPU steal above 5%, before the bench or in a round): refuse = stop with an error; mark = time anyway "
@@ -89,17 +94,18 @@ def bench(models: list[str], spec: BenchSpec | None = None, *, labels: list[str]
     results, policies = [], {}
     progress = _Progress(len(devices) * spec.rounds * len(shapes) * len(models), on_progress)
     for device in devices:
+        loop = decoder_loop(spec, device)
         if spec.isolate:
-            workers = [_ProcessWorker(m, device, threads, load_kwargs, spec.wait_policy) for m in models]
+            workers = [_ProcessWorker(m, device, threads, load_kwargs, spec.wait_policy, loop) for m in models]
         else:
-            workers = [local_worker(m, device, threads, load_kwargs) for m in models]
+            workers = [local_worker(m, device, threads, load_kwargs, loop=loop) for m in models]
         try:
             times, idle_cpu = _rounds(workers, spec, shapes, device, watch, progress)
             for i, w in enumerate(workers):
                 memory = w.peak_memory()  # before `placement`: its profiling session would count in the peak
                 if memory.get("rss_method") is None:  # in-process, and this process's peak cannot be reset
                     memory = fresh_memory(models[i], device, threads, load_kwargs, spec.wait_policy, shapes,
-                                          spec.new_tokens)
+                                          spec.new_tokens, loop)
                 placement = w.placement(spec.batch_sizes[0], spec.seq_lens[0])
                 policies[w.info["backend"]] = policy_record(w.info, spec.wait_policy)
                 for b, s in shapes:
@@ -110,6 +116,8 @@ def bench(models: list[str], spec: BenchSpec | None = None, *, labels: list[str]
                            "batch_size": b, "seq_len": s, "threads": threads,
                            "wait_policy": policy_record(w.info, spec.wait_policy),
                            "idle_cpu_ms": round(1000 * idle_cpu.get((i, b, s), 0.0), 1)}
+                    if w.info.get("loop"):
+                        row["loop"] = w.info["loop"]
                     if "attn_implementation" in w.info:
                         row["attn_implementation"] = w.info["attn_implementation"]
                     if w.info.get("task") == CAUSAL_TASK:
@@ -130,6 +138,13 @@ def bench(models: list[str], spec: BenchSpec | None = None, *, labels: list[str]
     env.update(load)
     return {"environment": env, "spec": spec.model_dump(), "busy": env["busy"], "busy_reason": env["busy_reason"],
             "results": results}
+
+
+def decoder_loop(spec: BenchSpec, device: str) -> str:
+    """The decode loop the workers on `device` use (see `BenchSpec.decoder_loop`): "generator" or "runner"."""
+    if spec.decoder_loop != "auto":
+        return spec.decoder_loop
+    return "generator" if device == "cpu" and list(spec.batch_sizes) == [1] else "runner"
 
 
 class _Progress:

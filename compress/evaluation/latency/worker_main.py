@@ -13,7 +13,8 @@ def main() -> None:
     sys.stdout = sys.stderr  # library chatter must not corrupt the protocol
     job = json.loads(sys.stdin.readline())
     try:
-        worker = local_worker(job["source"], job["device"], job["threads"], job["load_kwargs"], isolated=True)
+        worker = local_worker(job["source"], job["device"], job["threads"], job["load_kwargs"], isolated=True,
+                              loop=job.get("loop", "runner"))
         out.write(json.dumps({"result": worker.info}) + "\n")
     except Exception as e:  # noqa: BLE001  (any failure goes back to the parent as one line)
         out.write(json.dumps(_error(e, job["source"])) + "\n")

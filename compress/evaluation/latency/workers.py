@@ -52,6 +52,22 @@ def backend_of(source: str) -> str:
     return "pytorch"
 
 
+def fused_folder(source: str) -> Path | None:
+    """The folder of an ONNX decoder that onnxruntime-genai's generator runs (model.onnx + genai_config.json, as the
+    fused export writes it), else None."""
+    path = Path(str(source)).expanduser()
+    folder = path if path.is_dir() else path.parent
+    if path.suffix not in ("", ".onnx") or not (folder / "model.onnx").is_file():
+        return None
+    return folder if (folder / "genai_config.json").is_file() else None
+
+
+def generator_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("onnxruntime_genai") is not None
+
+
 def worker_env(backend: str, policy: str) -> dict[str, str | None]:
     """Variables a bench worker starts with (None = removed) so that it waits as `policy` says.
 
@@ -132,6 +148,7 @@ class _LocalWorker:
         if self.causal:  # decoders are timed through the same runner that scores them
             self.runner = CausalRunner(self.model, device=device, threads=threads)
             self.session = getattr(self.runner, "session", None)
+            self.info["loop"] = "compress CausalRunner" + (" (I/O binding)" if self.is_onnx else "")
             self.info["providers"] = self.session.get_providers() if self.is_onnx else [f"torch-{device}"]
         elif self.is_onnx:
             from compress.runtime.ort import make_session
@@ -206,15 +223,14 @@ class _LocalWorker:
         ids = rng.integers(min(100, vocab // 2), vocab, (batch_size, prompt_len)).astype(np.int64)
         sync = _sync(self.device, self.is_onnx)
         prefill, decode = [], []
+        mask = np.ones((batch_size, prompt_len + new_tokens), np.int64)  # sliced per step, never re-allocated
         for i in range(warmup + iters):
-            mask = np.ones((batch_size, prompt_len), np.int64)
             start = time.perf_counter()
-            token, past = self.runner.next_tokens(ids, mask)
+            token, past = self.runner.next_tokens(ids, mask[:, :prompt_len])
             sync()
             first = time.perf_counter()
-            for _ in range(new_tokens):
-                mask = np.concatenate([mask, np.ones((batch_size, 1), np.int64)], 1)
-                token, past = self.runner.next_tokens(token[:, None], mask, past)
+            for step in range(1, new_tokens + 1):
+                token, past = self.runner.next_tokens(token[:, None], mask[:, :prompt_len + step], past)
             sync()
             end = time.perf_counter()
             if i >= warmup:
@@ -257,7 +273,9 @@ class _PeerWorker:
     token ids, then greedy tokens, batch 1 (what both runtimes' generation loops serve)."""
 
     def __init__(self, source: str, device: str, threads: int, load_kwargs: dict | None = None,
-                 isolated: bool = False):
+                 isolated: bool = False, stage: bool = False):
+        """`stage`: `source` is one of our fused ONNX folders (`genai:FOLDER`) timed in onnxruntime-genai's
+        generator, reported as an onnxruntime stage rather than as a peer."""
         from compress.runtime.peers import open_peer
 
         if device != "cpu":
@@ -270,6 +288,9 @@ class _PeerWorker:
         self.info: dict = {"backend": PEERS[kind], "device": device, "task": CAUSAL_TASK, "providers": [PEERS[kind]],
                            "max_batch": 1, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
                            "peer": self.peer.info()}
+        if stage:
+            self.info.update({"backend": "onnxruntime", "providers": ["CPUExecutionProvider"],
+                              "loop": "onnxruntime-genai Generator"})
         self.info["load_rss_mb"] = memory.status_mb("VmHWM")
         self.vocab = int(self.info["peer"].get("vocab_size") or 1000)
 
@@ -296,10 +317,15 @@ class _PeerWorker:
         self.peer.close()
 
 
-def local_worker(source: str, device: str, threads: int, load_kwargs: dict | None = None, isolated: bool = False):
-    """The worker that times `source` in this process: a peer runtime's own loop, or one of our models."""
+def local_worker(source: str, device: str, threads: int, load_kwargs: dict | None = None, isolated: bool = False,
+                 loop: str = "runner"):
+    """The worker that times `source` in this process: a peer runtime's own loop, or one of our models (a fused
+    decoder folder in onnxruntime-genai's generator when `loop` is "generator" and it can run there)."""
     if peer_of(source):
         return _PeerWorker(source, device, threads, load_kwargs, isolated=isolated)
+    folder = fused_folder(source) if loop == "generator" and device == "cpu" else None
+    if folder is not None and generator_available():
+        return _PeerWorker(f"genai:{folder}", device, threads, load_kwargs, isolated=isolated, stage=True)
     return _LocalWorker(source, device, threads, load_kwargs, isolated=isolated)
 
 
@@ -307,7 +333,7 @@ class _ProcessWorker:
     """A `_LocalWorker` in a child process, driven over stdin/stdout with one JSON line per message."""
 
     def __init__(self, source: str, device: str, threads: int, load_kwargs: dict | None = None,
-                 wait_policy: str = "native"):
+                 wait_policy: str = "native", loop: str = "runner"):
         import tempfile
 
         import psutil
@@ -326,7 +352,7 @@ class _ProcessWorker:
         self.process = psutil.Process(self.proc.pid)  # its CPU time shows whether it spins while others are timed
         try:
             self.info = {**self._ask({"source": source, "device": device, "threads": threads,
-                                      "load_kwargs": load_kwargs or {}}), "isolated": True}
+                                      "load_kwargs": load_kwargs or {}, "loop": loop}), "isolated": True}
         except CompressError:
             self.close()
             raise
@@ -374,10 +400,10 @@ class _ProcessWorker:
 
 
 def fresh_memory(source: str, device: str, threads: int, load_kwargs: dict | None, wait_policy: str,
-                 shapes: list[tuple[int, int]], new_tokens: int) -> dict:
+                 shapes: list[tuple[int, int]], new_tokens: int, loop: str = "runner") -> dict:
     """Peak memory of one model read in a freshly started interpreter (for in-process benches where the peak of
     the bench's own process cannot be reset): load it, run every shape once, read its VmHWM."""
-    worker = _ProcessWorker(source, device, threads, load_kwargs, wait_policy)
+    worker = _ProcessWorker(source, device, threads, load_kwargs, wait_policy, loop)
     try:
         for b, s in shapes:
             if worker.info.get("task") == CAUSAL_TASK:
