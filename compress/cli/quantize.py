@@ -216,8 +216,16 @@ def _render_causal(m: dict, output: Path) -> None:
     if "perplexity" in m:
         table.add_row("perplexity", f"fp32 {m['perplexity_fp32']:.3f} -> {m['perplexity']:.3f} (KL {m['kl']:.4f}); "
                       f"budget {m['budget_metric']} {m['max_drop']} {'met' if m['budget_met'] else 'NOT met'}")
+    export = m.get("export") or {}
+    if export.get("reused"):
+        table.add_row("export", f"reused ({export['folder']}): the same weights were exported before")
+    elif export.get("exported"):
+        table.add_row("export", f"{export.get('graph', '')} graph in {export.get('seconds', 0):.0f} s, kept in "
+                      f"{export['folder']} for the next run")
     table.add_row("time", f"{m['seconds']:.1f} s")
     console.print(table)
+    if m.get("verdict"):
+        _render_verdict(m["verdict"])
     if m.get("sensitivity"):
         sens = Table("rank", "unit", "perplexity", "ppl +%", "KL", title="sensitivity (only the unit quantized)")
         for r in m["sensitivity"]:
@@ -225,3 +233,29 @@ def _render_causal(m: dict, output: Path) -> None:
         console.print(sens)
     for w in m["warnings"]:
         err_console.print(f"[yellow]warning:[/] {w}")
+
+
+def _render_verdict(v: dict) -> None:
+    """The quantized decoder against the unquantized one, in one short table."""
+    from rich.table import Table
+
+    from compress.report.intervals import number
+
+    table = Table("check", "unquantized", "quantized", "verdict",
+                  title=f"verdict on {v['text']} ({v['blocks']} blocks of {v['block_size']} tokens)")
+    change = 100 * v["ppl_increase"]
+    table.add_row("perplexity", number(v["perplexity_fp32"], "{:.3f}"), number(v["perplexity"], "{:.3f}"),
+                  number(change, "{:+.2f}", "%"))
+    table.add_row("KL to unquantized (nats/token)", "0", number(v["kl"], "{:.4f}"),
+                  "close" if v["kl"] < 0.02 else "drifts" if v["kl"] < 0.1 else "far")
+    table.add_row("next-token top-1 agreement", "100%", f"{100 * v['top1_agreement']:.1f}%", "")
+    table.add_row(f"greedy agreement ({v['greedy_prompts']} prompts x {v['greedy_new_tokens']} tokens)", "100%",
+                  f"{100 * v['greedy_agreement']:.1f}%", "mean common prefix")
+    table.add_row("size MB", number(v["size_fp32_mb"], "{:.1f}"), number(v["size_mb"], "{:.1f}"),
+                  f"{v['size_fp32_mb'] / max(v['size_mb'], 1e-9):.2f}x smaller")
+    if v.get("export"):
+        e = v["export"]
+        diff = f"{e['max_abs_diff']:.1e}" if e.get("max_abs_diff") is not None else "-"
+        table.add_row("export parity vs PyTorch", f"{e['graph']} graph", f"max |Δlogits| {diff}",
+                      f"greedy identical {e['greedy_identical']}")
+    console.print(table)

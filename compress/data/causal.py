@@ -1,8 +1,9 @@
 """Text for causal language models: read texts, tokenize them, pack them into fixed-length blocks.
 
 Sources: anything `compress.data.examples.load_examples` reads (JSONL/CSV/TSV files, folders of split files, saved
-`datasets` folders; the `text` field, plus `text_pair` when asked), and plain `.txt` files (one text per
-paragraph: blank lines separate texts). Labels are never needed here.
+`datasets` folders; the `text` field, plus `text_pair` when asked), plain `.txt` files (one text per
+paragraph: blank lines separate texts), and named corpora `corpus:NAME` (`compress.data.corpora`, fetched from a
+package registry once and cached). Labels are never needed here. `describe_mix` counts a training mix per source.
 
 Packing follows the usual language-model recipe: texts are tokenized without special tokens, joined with a
 document separator between them (`document_separator`: the token the model saw between documents in pretraining,
@@ -56,7 +57,11 @@ def load_texts(src: TextSource) -> list[str]:
     if src.part not in PARTS:
         raise CompressError(f"unknown text part '{src.part}'", f"use one of: {', '.join(PARTS)}")
     path = Path(src.source).expanduser()
-    if path.suffix == ".txt":
+    if src.source.startswith("corpus:"):  # a named corpus (split and text fields do not apply)
+        from compress.data.corpora import load_corpus
+
+        texts = load_corpus(src.source)
+    elif path.suffix == ".txt":
         if not path.is_file():
             raise CompressError(f"text file '{path}' not found", "pass an existing .txt, JSONL or CSV file")
         try:
@@ -211,3 +216,27 @@ def deduplicate(eval_texts: list[str], train_texts: list[str]) -> tuple[list[str
     for text in eval_texts:
         (dropped if normalise_text(text) in seen else kept).append(text)
     return kept, dropped
+
+
+def describe_mix(sources: list[TextSource | str], tokenizer, eval_texts: list[str] = ()) -> list[dict]:
+    """What each source of a training mix brings once the documents that also occur in an eval set are dropped.
+
+    Args:
+        sources: text sources ("corpus:kjv", a data file, or a `TextSource` with its split and fields).
+        tokenizer: counts tokens (texts encoded without special tokens; separators not counted).
+        eval_texts: every document of every eval set; a mix document equal to one of them (`normalise_text`)
+            is dropped (`deduplicate`, with the mix in the role of the documents kept).
+    Returns: one dict per source: name, licence, documents (kept), dropped, characters and tokens (kept).
+    """
+    from compress.data.corpora import licence_of
+
+    rows = []
+    for s in sources:
+        src = s if isinstance(s, TextSource) else TextSource(str(s))
+        kept, dropped = deduplicate(load_texts(src), list(eval_texts))
+        tokens = sum(len(ids) for start in range(0, len(kept), 256)
+                     for ids in tokenizer(kept[start:start + 256], add_special_tokens=False, verbose=False)["input_ids"])
+        name = src.source + (f" ({src.split})" if src.split else "") + (f" +{src.text_pair_field}" if src.text_pair_field else "")
+        rows.append({"name": name, "licence": licence_of(src.source), "documents": len(kept), "dropped": len(dropped),
+                     "characters": sum(map(len, kept)), "tokens": tokens})
+    return rows

@@ -30,7 +30,8 @@ def quantize_ort(model, cfg: QuantizeOrtConfig, ctx: PassContext) -> PassResult:
     # would only slow a pipeline stage down: the pipeline scores every stage itself).
     wanted = cfg.max_drop is not None or ctx.score_eval
     result = quantize(model, ctx.workdir / "quantized", cfg, calibration=ctx.data.calibration,
-                      eval_data=ctx.data.eval if wanted else None, work_dir=ctx.workdir, on_progress=ctx.on_progress)
+                      eval_data=ctx.data.eval if wanted else None, work_dir=ctx.workdir, on_progress=ctx.on_progress,
+                      verdict=ctx.score_eval)
     return PassResult(result.model, {**result.metrics, "warnings": result.warnings})
 
 

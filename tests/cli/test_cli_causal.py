@@ -83,6 +83,24 @@ def test_quantize_defaults_to_8bit_weight_only_for_decoders(cli, tmp_path):
     assert settings["mode"] == "weight_only" and settings["bits"] == 8 and "8-bit rtn" in r.output
 
 
+def test_quantize_prints_a_verdict_and_reuses_the_export(cli, tmp_path, monkeypatch):
+    # setup: a private export cache
+    monkeypatch.setenv("COMPRESS_CACHE", str(tmp_path / "cache"))
+    # execute: the same model quantized twice, int4 then 8-bit
+    first = cli(["quantize", "tiny:llama", "-o", tmp_path / "q4", "--mode", "int4", "--json", tmp_path / "a.json"])
+    second = cli(["quantize", "tiny:llama", "-o", tmp_path / "q8", "--json", tmp_path / "b.json"])
+    # assert: one export, reused the second time; a verdict against the unquantized model with real figures
+    assert first.exit_code == 0 and second.exit_code == 0, first.output + second.output
+    a, b = (json.loads((tmp_path / f).read_text()) for f in ("a.json", "b.json"))
+    assert a["export"]["exported"] is True and b["export"]["reused"] is True
+    assert a["export"]["folder"] == b["export"]["folder"] and len(list((tmp_path / "cache" / "exports").iterdir())) == 1
+    assert "reused" in second.output and "verdict on built-in sample sentences" in second.output
+    v4, v8 = a["verdict"], b["verdict"]
+    assert v4["perplexity_fp32"] == v8["perplexity_fp32"]  # the same unquantized model and text
+    assert 0 <= v8["kl"] < v4["kl"] and v8["greedy_agreement"] >= v4["greedy_agreement"]  # 8 bits are closer
+    assert v8["export"]["graph"] == "fused" and v8["export"]["greedy_identical"] == "8/8"
+
+
 def test_version(cli):
     from compress import __version__
 

@@ -17,7 +17,7 @@ from compress.techniques.quantize.result import QuantizeResult
 
 def quantize(model: TorchModel | OnnxModel, out_dir: str | Path, cfg: QuantizeSettings, *, calibration=None,
              eval_data=None, work_dir: str | Path | None = None,
-             on_progress: Callable[[str, int, int], None] | None = None) -> QuantizeResult:
+             on_progress: Callable[[str, int, int], None] | None = None, verdict: bool = False) -> QuantizeResult:
     """Quantize `model` into `out_dir` (model.onnx + quantization.json + config/tokenizer), written atomically.
 
     Args:
@@ -31,10 +31,13 @@ def quantize(model: TorchModel | OnnxModel, out_dir: str | Path, cfg: QuantizeSe
             when `cfg.max_drop` is set).
         work_dir: where temporary graphs go (default: system temp).
         on_progress: callback(stage, done, total) for progress bars.
+        verdict: causal LMs: score the result against the unquantized model (perplexity, KL, greedy agreement) on
+            `eval_data`'s texts, or built-in sample sentences without them (`metrics["verdict"]`).
     """
     if is_causal(model):
         return quantize_causal(model, out_dir, cfg, eval_texts=_budget_texts(cfg, eval_data), work_dir=work_dir,
-                               on_progress=on_progress)
+                               on_progress=on_progress, verdict=verdict,
+                               verdict_texts=eval_data.texts if verdict and eval_data is not None else None)
     check_inputs(model, cfg, calibration, eval_data)
     return quantize_classifier(model, out_dir, cfg, calibration=calibration, eval_examples=eval_data,
                                work_dir=work_dir, on_progress=on_progress)

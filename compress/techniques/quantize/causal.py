@@ -183,7 +183,8 @@ def check_causal_inputs(cfg: QuantizeSettings, eval_texts) -> None:
 
 def quantize_causal(model: TorchModel | OnnxModel, out_dir: str | Path, cfg: QuantizeSettings, *,
                     eval_texts: list[str] | None = None, work_dir: str | Path | None = None,
-                    on_progress: Callable[[str, int, int], None] | None = None) -> QuantizeResult:
+                    on_progress: Callable[[str, int, int], None] | None = None, verdict: bool = False,
+                    verdict_texts: list[str] | None = None, export_cache: str | Path | None = None) -> QuantizeResult:
     """Quantize a causal LM into `out_dir` (an `ORTModelForCausalLM` folder + quantization.json).
 
     Args:
@@ -193,6 +194,11 @@ def quantize_causal(model: TorchModel | OnnxModel, out_dir: str | Path, cfg: Qua
         eval_texts: held-out texts for the budget (`cfg.max_drop`: relative perplexity increase, or KL).
         work_dir: where temporary graphs go.
         on_progress: callback(stage, done, total).
+        verdict: score the result against the unquantized ONNX model (`metrics["verdict"]`): perplexity, KL and
+            top-1 agreement on `verdict_texts` (built-in sample sentences when None), greedy agreement on the
+            parity prompts, and the export's parity.
+        export_cache: where a TorchModel's export is kept and found again, keyed by the model's weights, config and
+            tokenizer (default `$COMPRESS_CACHE/exports`): quantizing the same model twice exports it once.
     """
     import onnx
 
@@ -203,7 +209,7 @@ def quantize_causal(model: TorchModel | OnnxModel, out_dir: str | Path, cfg: Qua
     with tempfile.TemporaryDirectory(dir=work_dir) as tmp_name:
         tmp = Path(tmp_name)
         progress("prepare", 0, 1)
-        fp32 = _as_causal_onnx(model, tmp / "fp32")
+        fp32, export_info = _as_causal_onnx(model, export_cache)
         proto = load_graph(fp32.path)
         untied = untie_head(proto)
         src = tmp / "untied.onnx"
@@ -275,8 +281,45 @@ def quantize_causal(model: TorchModel | OnnxModel, out_dir: str | Path, cfg: Qua
         publish_dir(staged, out_dir)
     metrics["settings"] = resolved
     metrics["excluded"] = excluded
+    metrics["export"] = export_info
     final = OnnxModel(out_dir / "model.onnx", fp32.task, fp32.tokenizer, source=fp32.source)
+    if verdict:
+        progress("verdict", 0, 1)
+        metrics["verdict"] = quantize_verdict(final, fp32, verdict_texts, cfg.block_tokens)
+        progress("verdict", 1, 1)
     return QuantizeResult(final, settings, metrics, warnings)
+
+
+def quantize_verdict(quantized: OnnxModel, fp32: OnnxModel, texts: list[str] | None, block_tokens: int,
+                     max_blocks: int = 8, new_tokens: int = 32) -> dict:
+    """How close `quantized` is to `fp32`: perplexity of both, KL and top-1 agreement on up to `max_blocks` blocks of
+    `texts` (built-in sample sentences when None: say so), greedy agreement on the parity prompts, sizes, and the
+    parity of the export the fp32 model came from (its export_report.json, when there is one)."""
+    from compress.data.causal import PROMPTS, pack_blocks, prompt_ids
+    from compress.data.examples import sample_texts
+
+    source = "the given text" if texts else "built-in sample sentences"
+    texts = texts or sample_texts() * 8
+    block = min(block_tokens, 128)
+    blocks = pack_blocks(fp32.tokenizer, texts, block, max_blocks=max_blocks)
+    if len(blocks) == 0:
+        blocks = pack_blocks(fp32.tokenizer, texts * 8, 32, max_blocks=max_blocks)
+    prompts = prompt_ids(fp32.tokenizer, PROMPTS)
+    base = evaluate_causal(fp32, blocks)
+    m = evaluate_causal(quantized, blocks, reference=fp32, prompts=prompts, max_new_tokens=new_tokens)
+    out = {"text": source, "blocks": int(len(blocks)), "block_size": int(blocks.shape[1]),
+           "perplexity_fp32": base["perplexity"], "perplexity": m["perplexity"],
+           "ppl_increase": m["perplexity"] / base["perplexity"] - 1, "kl": m["kl"],
+           "top1_agreement": m["top1_agreement"], "greedy_agreement": m["greedy_agreement"],
+           "greedy_prompts": m["greedy_prompts"], "greedy_new_tokens": new_tokens,
+           "size_fp32_mb": round(fp32.size_bytes() / 1e6, 1), "size_mb": round(quantized.size_bytes() / 1e6, 1)}
+    report = fp32.folder / "export_report.json"
+    if report.is_file():
+        export = json.loads(report.read_text())
+        parity = export.get("parity", {})
+        out["export"] = {"graph": export.get("graph", "optimum"), "max_abs_diff": parity.get("max_abs_diff"),
+                         "greedy_identical": f"{parity.get('greedy_identical')}/{parity.get('greedy_prompts')}"}
+    return out
 
 
 def _stage_folder(chosen: Path, fp32: OnnxModel, staged: Path, settings: dict | None) -> Path:
@@ -295,17 +338,49 @@ def _stage_folder(chosen: Path, fp32: OnnxModel, staged: Path, settings: dict | 
     return staged
 
 
-def _as_causal_onnx(model, out: Path) -> OnnxModel:
+def _as_causal_onnx(model, cache: str | Path | None = None) -> tuple[OnnxModel, dict]:
+    """The fp32 ONNX decoder to quantize and where it came from: an ONNX folder as given (no export), or the export
+    of a TorchModel, found again in the export cache when the same weights were exported before."""
     if isinstance(model, OnnxModel):
         if model.path.suffix != ".onnx":
             raise CompressError(f"cannot quantize '{model.path}' (.ort files are already converted)", "pass the .onnx model")
         if not (model.folder / "config.json").exists():
             raise CompressError(f"'{model.folder}' has no config.json beside model.onnx",
-                                "export the decoder with `compress export` (optimum layout)")
-        return model
+                                "export the decoder with `compress export`")
+        return model, {"exported": False, "folder": str(model.folder)}
+    from compress.core.paths import cache_root
     from compress.export.causal import export_causal
 
-    return export_causal(model, out).model
+    folder = Path(cache or cache_root() / "exports") / export_key(model)
+    if (folder / "model.onnx").is_file() and (folder / MANIFEST_FILE).is_file():
+        return OnnxModel(folder / "model.onnx", model.task, model.tokenizer, source=model.source), {
+            "exported": False, "reused": True, "folder": str(folder)}
+    result = export_causal(model, folder)
+    return result.model, {"exported": True, "reused": False, "folder": str(folder), "graph": result.graph,
+                          "seconds": round(result.seconds, 1)}
+
+
+def export_key(model: TorchModel) -> str:
+    """What identifies an export: the weights (bytes), the config, the tokenizer and the exporter versions."""
+    import hashlib
+    from importlib.metadata import version
+
+    import torch
+
+    h = hashlib.sha256()
+    h.update(json.dumps(model.module.config.to_dict(), sort_keys=True, default=str).encode())
+    backend = getattr(model.tokenizer, "backend_tokenizer", None)
+    h.update((backend.to_str() if backend is not None else str(len(model.tokenizer))).encode())
+    for pkg in ("onnxruntime", "onnxruntime-genai", "optimum-onnx", "transformers"):
+        try:
+            h.update(f"{pkg}={version(pkg)}".encode())
+        except Exception:  # noqa: BLE001  (a missing package is part of the key too)
+            h.update(f"{pkg}=-".encode())
+    with torch.no_grad():
+        for name, tensor in sorted(model.module.state_dict().items()):
+            h.update(name.encode())
+            h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()[:20]
 
 
 def _budget_search(cfg: QuantizeSettings, scorer: _Scorer, src: Path, tmp: Path, nodes, user_excluded, types, chosen,
