@@ -85,12 +85,13 @@ def _paragraph(block: str) -> str:
     return " ".join(block.split())
 
 
-def _chunks(parts: list[str], sep: str = "\n\n", max_chars: int = MAX_CHARS) -> list[str]:
-    """`parts` (paragraphs or verses of one unit) joined with `sep` into documents of at most `max_chars`
-    characters, cut only between parts (a single longer part stays whole); short documents are dropped."""
+def _chunks(parts: list[str], sep: str = "\n\n") -> list[str]:
+    """`parts` (paragraphs or verses of one unit) joined with `sep` into documents of at most `MAX_CHARS`
+    characters, cut only between parts (a single longer part stays whole); documents under `MIN_CHARS` are
+    dropped."""
     docs, current = [], []
     for part in (p for p in parts if p):
-        if current and len(sep.join(current + [part])) > max_chars:
+        if current and len(sep.join(current + [part])) > MAX_CHARS:
             docs.append(sep.join(current))
             current = []
         current.append(part)
@@ -255,8 +256,9 @@ def _python_docs_extract(root: Path) -> str:
     """Sections (heading, then paragraphs) of the tutorial, HOWTOs, FAQs, library and language references, one
     per line group, sections separated by a form feed."""
     html = _find(root, "usr/share/doc/python3*/html/index.html").parent
-    files = sorted(f for part in PYTHON_DOC_PARTS
-                   for f in ([html / part] if part.endswith(".html") else (html / part).rglob("*.html")))
+    files = []
+    for part in PYTHON_DOC_PARTS:
+        files += [html / part] if (html / part).is_file() else sorted((html / part).rglob("*.html"))
     out = []
     for file in files:
         parser = _SphinxProse()
