@@ -257,7 +257,8 @@ def latency_rows(results: dict) -> list[list[str]]:
     rows = []
     for s in results["stages"]:
         for r in s.get("latency", []):
-            rows.append([s["name"], r["backend"], r["device"], str(r["batch_size"]), str(r["seq_len"]),
+            backend = r["backend"] + (f" ({r['loop']})" if r.get("loop") else "")  # the decode loop that was timed
+            rows.append([s["name"], backend, r["device"], str(r["batch_size"]), str(r["seq_len"]),
                          _f(r.get("prefill_tokens_per_s"), "{:.0f}"), _f(r.get("ttft_ms"), "{:.1f}"),
                          _f(r.get("decode_tokens_per_s"), "{:.1f}"), _f(r.get("p50_ms")), _f(r.get("p90_ms")),
                          _f(r.get("peak_rss_mb"), "{:.0f}"), _f(r.get("speedup_vs_teacher"), "{:.2f}x")])
