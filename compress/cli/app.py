@@ -75,8 +75,16 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
-                                                help="Print the version and exit.")] = False) -> None:
+                                                help="Print the version and exit.")] = False,
+          verbose: Annotated[bool, typer.Option("--verbose", help="Keep third-party output (transformers / hub "
+                                                "progress bars and warnings, optimum and torch.onnx warnings, ONNX "
+                                                "Runtime log lines) for debugging; also COMPRESS_VERBOSE=1.")] = False,
+          ) -> None:
     """compress: distill, prune, factorize, quantize and export models, with proof they still work."""
+    from compress.cli.progress import quiet_third_party, verbose_requested
+
+    if not (verbose or verbose_requested()):
+        quiet_third_party()
 
 # --- shared options ----------------------------------------------------------------------------------------
 

@@ -30,9 +30,9 @@ def bench(
 
     Example: compress bench runs/teacher-sst2 runs/student-int8/model.onnx -b 1 -b 8 -s 128 --json bench.json
     """
-    from rich.progress import Progress
     from rich.table import Table
 
+    from compress.cli.progress import progress
     from compress.core.errors import CompressError
     from compress.evaluation.latency.bench import BenchSpec
     from compress.evaluation.latency.bench import bench as run_bench
@@ -44,10 +44,10 @@ def bench(
     spec = BenchSpec(batch_sizes=batch_size, seq_lens=seq_len, devices=device, threads=threads, warmup=warmup,
                      iters=iters, rounds=rounds, isolate=isolate, new_tokens=new_tokens)
     load_kwargs = {k: v for k, v in {"task": task, "num_labels": num_labels}.items() if v is not None}
-    with Progress(console=console, transient=True) as progress:
-        bar = progress.add_task("timing", total=None)
+    with progress(console) as on_progress:
+        on_progress("timing", 0, None)  # workers start before the first slice is timed
         result = run_bench(models, spec, load_kwargs=load_kwargs,
-                           on_progress=lambda done, total: progress.update(bar, completed=done, total=total))
+                           on_progress=lambda done, total: on_progress("timing", done, total))
     env = result["environment"]
     console.print(f"[dim]{env['cpu']} | flags {','.join(env['cpu_flags']) or '-'} | threads {env['threads']} | "
                   + " ".join(f"{k} {v}" for k, v in env["versions"].items()) + (f" | GPU {env['gpu']}" if "gpu" in env else "") + "[/]")

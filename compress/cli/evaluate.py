@@ -98,7 +98,11 @@ def evaluate(
         raise CompressError(f"the data '{data}' has no labels (no field '{label_field}')",
                             "pass --label-field naming the labels, or --reference to compare with another model")
     ref = load_model_from_options(reference, task, num_labels, arch, allow_pickle, trust_remote_code) if reference else None
-    metrics = run_eval(loaded, examples, reference=ref, batch_size=batch_size, max_length=max_length)
+    from compress.cli.progress import progress
+
+    with progress(console) as on_progress:
+        on_progress("evaluating", 0, None)  # one predict pass per model: no count to show
+        metrics = run_eval(loaded, examples, reference=ref, batch_size=batch_size, max_length=max_length)
     table = Table("metric", "value", title=f"{model} on {data}{':' + split if split else ''}")
     for key, value in metrics.items():
         if isinstance(value, dict):
@@ -114,9 +118,9 @@ def _causal(loaded, ref, model, data, split, text_field, part, window, max_docum
             batch_size, json_out):
     """Per-document perplexity, bits per byte and word perplexity (and KL / top-1 / greedy agreement with
     --reference) of a causal LM on held-out texts, each document scored on its own."""
-    from rich.progress import Progress
     from rich.table import Table
 
+    from compress.cli.progress import progress
     from compress.data.causal import TextSource, document_separator, load_texts, prompt_ids
     from compress.evaluation.causal import greedy_agreement, score_documents
     from compress.runtime.causal import CausalRunner
@@ -129,12 +133,14 @@ def _causal(loaded, ref, model, data, split, text_field, part, window, max_docum
     sep = document_separator(loaded.tokenizer, separator)
     # One runner per model for scoring and generation (an ONNX model is one session, not two).
     run, ref_run = CausalRunner(loaded), (CausalRunner(ref) if ref is not None else None)
-    with Progress(console=console, transient=True, disable=not console.is_terminal) as progress:
-        bar = progress.add_task("scoring documents", total=len(texts))
+    with progress(console) as on_progress:
+        on_progress("scoring documents", 0, len(texts))
         metrics = score_documents(loaded, texts, window=window, separator_id=sep, reference=ref,
                                   batch_size=min(batch_size, 8), runner=run, reference_runner=ref_run,
-                                  on_progress=lambda d, t: progress.update(bar, completed=d, total=t))
-    metrics.update(greedy_agreement(run, prompt_ids(loaded.tokenizer), new_tokens, reference=ref_run))
+                                  on_progress=lambda d, t: on_progress("scoring documents", d, t))
+        on_progress("greedy generation", 0, None)
+        metrics.update(greedy_agreement(run, prompt_ids(loaded.tokenizer), new_tokens, reference=ref_run))
+        on_progress("greedy generation", 1, 1)
     table = Table("metric", "value", title=f"{model} on {data}{':' + split if split else ''} "
                   f"({metrics['documents']} documents, window {metrics['window']} tokens)")
     for key in ("perplexity", "bits_per_byte", "word_perplexity", "nll", "tokens", "documents", "kl",
@@ -148,10 +154,10 @@ def _causal(loaded, ref, model, data, split, text_field, part, window, max_docum
 
 def _zero_shot(model, tasks, data_root, limit, batch_size, json_out, data, reference, load_options):
     """Zero-shot accuracy of a causal LM on each task, lm-eval's acc and acc_norm with 95% Wilson intervals."""
-    from rich.progress import Progress
     from rich.table import Table
     from rich.text import Text
 
+    from compress.cli.progress import progress
     from compress.core.errors import CompressError
     from compress.evaluation.tasks import get_task, zero_shot
 
@@ -161,11 +167,12 @@ def _zero_shot(model, tasks, data_root, limit, batch_size, json_out, data, refer
     json_destination(json_out, [model, str(data_root)])
     loaded = load_model_from_options(model, *load_options)
     results = {}
-    with Progress(console=console, transient=True, disable=not console.is_terminal) as progress:
+    with progress(console) as on_progress:
         for spec in specs:
-            bar = progress.add_task(f"zero-shot {spec.name}", total=None)
+            stage = f"zero-shot {spec.name}"
+            on_progress(stage, 0, None)  # the task's data loads before its first request is scored
             results[spec.name] = zero_shot(loaded, spec, data_root=data_root, limit=limit, batch_size=min(batch_size, 8),
-                                           on_progress=lambda d, t, bar=bar: progress.update(bar, completed=d, total=t))
+                                           on_progress=lambda d, t, stage=stage: on_progress(stage, d, t))
     title = Text(f"{model}: zero-shot, log-likelihood of the answers (lm-eval method, raw prompt)")  # (no emoji)
     table = Table("task", "examples", "accuracy [95% CI]", "acc_norm [95% CI]", "majority", title=title)
     for name, m in results.items():

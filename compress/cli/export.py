@@ -60,8 +60,10 @@ def export(
     cfg = pass_config(ExportOnnxConfig, opset=opset, exporter=exporter, optimize=optimize, ort_format=ort_format, atol=atol,
                            check_examples=limit or 64, graph=graph)
     examples = load_check_examples(loaded, data, split, text_field, text_pair_field, limit)
-    with console.status("exporting, then checking outputs against PyTorch"):
-        result = apply_pass(loaded, cfg, output, data=DataBundle(eval=examples))
+    from compress.cli.progress import progress
+
+    with progress(console) as on_progress:
+        result = apply_pass(loaded, cfg, output, data=DataBundle(eval=examples), on_progress=on_progress)
     m, where = result.metrics, result.model.path
     if "parity_blocks" in m:  # a decoder: logits on text blocks and greedy decoding were checked
         if m.get("warning"):

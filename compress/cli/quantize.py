@@ -138,18 +138,9 @@ def _apply(loaded, cfg, output: Path, data, json_out, on_progress=None) -> dict:
 
 
 def _run_with_progress(loaded, cfg, output, data, json_out) -> dict:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from compress.cli.progress import progress
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True, disable=not console.is_terminal) as progress:
-        # Exporting comes first for a PyTorch model (decoders: with the KV-cache parity check): no count to show.
-        bars: dict = {"start": progress.add_task("exporting and quantizing", total=None)}
-
-        def on_progress(stage: str, done: int, total: int) -> None:
-            if stage not in bars:
-                bars[stage] = progress.add_task(stage, total=total)
-            progress.update(bars[stage], completed=done, total=total)
-
+    with progress(console) as on_progress:
         return _apply(loaded, cfg, output, data, json_out, on_progress=on_progress)
 
 

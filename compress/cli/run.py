@@ -149,30 +149,19 @@ def _type_name(annotation) -> str:
 
 
 class _Display:
-    """Progress of a run: one line per stage (passes may show their own bars), then bars for eval and bench."""
-
-    def __init__(self):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), console=console, transient=True)
-        self.tasks: dict = {}
-        self.started = False
+    """Progress of a run: one line per stage (passes may show their own bars), then eval and bench progress
+    (`compress.cli.progress`: bars in a terminal, plain lines in a log)."""
 
     def __enter__(self):
+        from compress.cli.progress import progress
+
+        # No bar is drawn before the first eval event: a pass's own progress bar may be live during the stages.
+        self._block = progress(console)
+        self.on_progress = self._block.__enter__()
         return self
 
     def __exit__(self, *exc):
-        if self.started:
-            self.progress.stop()
-
-    def _bar(self, key: str, description: str, total: int, completed: int):
-        if not self.started:
-            self.progress.start()  # only after the stages: a pass's own progress bar may be live before
-            self.started = True
-        if key not in self.tasks:
-            self.tasks[key] = self.progress.add_task(description, total=total)
-        self.progress.update(self.tasks[key], description=description, completed=completed, total=total)
+        return self._block.__exit__(*exc)
 
     def event(self, kind: str, **info) -> None:
         if kind == "stage":
@@ -184,11 +173,12 @@ class _Display:
             else:
                 console.print(f"{n} {info['name']}: [green]done[/]")
         elif kind == "eval":
-            self._bar("eval", f"evaluating {info['name']}", info["total"], info["index"])
+            self.on_progress("evaluating", info["index"], info["total"], detail=info["name"])
         elif kind == "bench":
-            if "eval" in self.tasks:
-                self.progress.update(self.tasks["eval"], completed=self.progress.tasks[0].total)
-            self._bar("bench", "timing (one process per stage, round-robin)", info["total"], info["done"])
+            if "evaluating" in self.on_progress.stages:  # every stage was scored once timing starts
+                total = self.on_progress.stages["evaluating"].total
+                self.on_progress("evaluating", total, total)
+            self.on_progress("timing (one process per stage, round-robin)", info["done"], info["total"])
 
 
 def plan_table(recipe, cached: dict[str, bool] | None = None):

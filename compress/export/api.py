@@ -37,7 +37,7 @@ class ExportSettings(StrictConfig):
 
 
 def export_model(model: TorchModel, out_dir: str | Path, cfg: ExportSettings | None = None, *,
-                 examples=None) -> tuple[OnnxModel, dict]:
+                 examples=None, on_progress=None) -> tuple[OnnxModel, dict]:
     """Export `model` into `out_dir` and check it against PyTorch; returns the ONNX model and the figures.
 
     Args:
@@ -45,13 +45,14 @@ def export_model(model: TorchModel, out_dir: str | Path, cfg: ExportSettings | N
         out_dir: the output folder (written atomically).
         cfg: opset, exporter, optimization, tolerance (defaults: `ExportSettings()`).
         examples: real inputs for the parity check (texts for causal LMs); None = built-in samples.
+        on_progress: callback(stage, done, total), total None while a step has no count.
     """
     cfg = cfg or ExportSettings()
     opset, atol, check_examples = cfg.opset, cfg.atol, cfg.check_examples
     if is_causal(model):
         texts = list(examples.texts[:check_examples]) if examples is not None else None
         result = export_causal(model, out_dir, texts=texts, atol=1e-3 if atol is None else atol, opset=opset,
-                               graph=cfg.graph)
+                               graph=cfg.graph, on_progress=on_progress)
         p = result.parity
         return result.model, {"exporter": result.exporter, "graph": result.graph, "opset": result.opset,
                               **({"warning": "; ".join(result.warnings)} if result.warnings else {}),
@@ -63,8 +64,12 @@ def export_model(model: TorchModel, out_dir: str | Path, cfg: ExportSettings | N
     batches = None
     if examples is not None and model.task != "feature-extraction":
         batches = list(iter_batches(model, examples.subset(range(min(check_examples, len(examples)))), 16))
+    if on_progress:
+        on_progress("export and parity check", 0, None)
     result = export_onnx(model, out_dir, check_batches=batches, opset=opset or DEFAULT_OPSET, exporter=cfg.exporter,
                          optimize=cfg.optimize, ort_format=cfg.ort_format, atol=1e-4 if atol is None else atol)
+    if on_progress:
+        on_progress("export and parity check", 1, 1)
     metrics = {"exporter": result.exporter, "opset": result.opset,
                "parity_max_abs_diff": result.parity.max_abs_diff,
                "parity_argmax_agreement": result.parity.argmax_agreement,

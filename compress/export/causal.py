@@ -125,7 +125,8 @@ def check_causal_parity(reference: TorchModel, onnx_model: OnnxModel, blocks: np
 
 
 def export_causal(model: TorchModel, out_dir: str | Path, *, texts: list[str] | None = None, opset: int | None = None,
-                  atol: float = 1e-3, new_tokens: int = 32, graph: str = "auto") -> CausalExportResult:
+                  atol: float = 1e-3, new_tokens: int = 32, graph: str = "auto",
+                  on_progress=None) -> CausalExportResult:
     """Export a causal TorchModel to `out_dir` (model.onnx with KV cache, config, tokenizer, manifest; the fused
     graph adds genai_config.json).
 
@@ -139,6 +140,7 @@ def export_causal(model: TorchModel, out_dir: str | Path, *, texts: list[str] | 
         graph: "fused" (onnxruntime-genai's builder), "optimum", or "auto": fused where the family and the installed
             packages allow it, else optimum with a warning; a fused graph that fails the parity check also falls
             back (warned) under "auto".
+        on_progress: callback(stage, done, total): the graph build (total None), then the parity check.
     """
     if model.task != CAUSAL_TASK or not model.is_hf:
         raise CompressError(f"'{model.source}' is not a Hugging Face causal LM", "pass a decoder (e.g. smollm2)")
@@ -165,14 +167,14 @@ def export_causal(model: TorchModel, out_dir: str | Path, *, texts: list[str] | 
         attempt = None
         if use_fused:
             attempt = _try_export(model, src, Path(tmp_name) / "fused", "fused", opset, blocks, prompts, new_tokens,
-                                  atol, strict=graph == "fused")
+                                  atol, strict=graph == "fused", on_progress=on_progress)
             if isinstance(attempt, str):
                 warnings.append(f"the fused graph of {type(model.module).__name__} {attempt}: exported with "
                                 "optimum's text-generation-with-past graph instead (slower decode)")
                 log.warning(warnings[-1])
         if attempt is None or isinstance(attempt, str):
             attempt = _try_export(model, src, Path(tmp_name) / "optimum", "optimum", opset, blocks, prompts,
-                                  new_tokens, atol, strict=True)
+                                  new_tokens, atol, strict=True, on_progress=on_progress)
         staged, kind, used_opset, input_names, parity = attempt
         exporter = FUSED_EXPORTER if kind == "fused" else EXPORTER
         seconds = time.perf_counter() - started
@@ -190,12 +192,14 @@ def export_causal(model: TorchModel, out_dir: str | Path, *, texts: list[str] | 
 
 
 def _try_export(model: TorchModel, src: Path, staged: Path, kind: str, opset, blocks, prompts, new_tokens: int,
-                atol: float, strict: bool):
+                atol: float, strict: bool, on_progress=None):
     """Write graph `kind` of the HF folder `src` into `staged` and check it; (staged, kind, opset, input names,
     parity), or, when `strict` is False, a one-line reason why the fused graph cannot be used (the caller falls
     back)."""
     import onnx
 
+    progress = on_progress or (lambda *a: None)
+    progress(f"export ({kind} graph)", 0, None)
     if kind == "fused":
         from compress.export.peers import to_genai
 
@@ -204,6 +208,7 @@ def _try_export(model: TorchModel, src: Path, staged: Path, kind: str, opset, bl
         except CompressError as e:
             if strict:
                 raise
+            progress(f"export ({kind} graph)", 1, 1)
             return f"could not be built ({e.problem})"
         shutil.copyfile(src / "config.json", staged / "config.json")  # context length, and what the model is
         if (src / "generation_config.json").is_file():
@@ -216,7 +221,10 @@ def _try_export(model: TorchModel, src: Path, staged: Path, kind: str, opset, bl
     input_names = [i.name for i in proto.graph.input]
     del proto
     onnx_model = OnnxModel(onnx_path, CAUSAL_TASK, tokenizer=model.tokenizer, source=model.source)
+    progress(f"export ({kind} graph)", 1, 1)
+    progress(f"parity check ({kind} graph)", 0, None)
     parity = check_causal_parity(model, onnx_model, blocks, prompts, new_tokens)
+    progress(f"parity check ({kind} graph)", 1, 1)
     if not parity.ok(atol):
         if not strict:
             return (f"failed the parity check (max |Δlogits| {parity.max_abs_diff:.2e}, greedy identical on "

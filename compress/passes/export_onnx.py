@@ -19,5 +19,6 @@ def export_onnx(model, cfg: ExportOnnxConfig, ctx: PassContext) -> PassResult:
     """Export `model` into `ctx.workdir/onnx` and check parity on eval examples (or built-in samples).
 
     Causal LMs go through optimum's KV-cache export with logits and greedy-decode parity (`export.causal`)."""
-    onnx_model, metrics = export_model(model, ctx.workdir / "onnx", cfg, examples=ctx.data.eval)
+    onnx_model, metrics = export_model(model, ctx.workdir / "onnx", cfg, examples=ctx.data.eval,
+                                       on_progress=ctx.on_progress)
     return PassResult(onnx_model, metrics)
