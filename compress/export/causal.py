@@ -148,8 +148,16 @@ def export_causal(model: TorchModel, out_dir: str | Path, *, texts: list[str] | 
         raise CompressError(f"unknown decoder graph '{graph}'", f"use one of: {', '.join(GRAPHS)}")
     out_dir = Path(out_dir)
     started = time.perf_counter()
-    blocks = check_blocks(model, texts)
-    prompts = prompt_ids(model.tokenizer, PROMPTS)
+    # A short-context decoder gets shorter checks: blocks and prompt + new tokens always fit its context.
+    from compress.models.causal import context_length
+
+    context = context_length(model) or 4096
+    if context < 8:
+        raise CompressError(f"'{model.source}' has a context of {context} tokens, too short to check an export",
+                            "export a decoder whose max_position_embeddings is at least 8")
+    blocks = check_blocks(model, texts, block_size=min(64, context))
+    prompts = [p[-(context // 2):] for p in prompt_ids(model.tokenizer, PROMPTS)]
+    new_tokens = min(new_tokens, context - max(len(p) for p in prompts))
     warnings: list[str] = []
     why_not = fused_unavailable(model) if graph != "optimum" else None
     if graph == "fused" and why_not:

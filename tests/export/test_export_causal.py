@@ -81,3 +81,23 @@ def test_export_over_tolerance_fails_with_numbers(llama, tmp_path):
     with pytest.raises(CompressError, match=r"max \|Δlogits\| .* greedy decode identical on 8 of 8"):
         export_causal(llama, tmp_path / "o", atol=1e-12)
     assert not (tmp_path / "o").exists()  # nothing half-written
+
+
+def test_a_short_context_decoder_exports_with_shorter_checks(tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from compress.export.causal import export_causal
+    from compress.models.artifacts import TorchModel
+    from compress.models.builders import byte_tokenizer
+
+    # setup: a decoder whose context (24 tokens) is shorter than the default checks (64-token blocks, 32 new tokens)
+    tokenizer = byte_tokenizer()
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=24,
+                         bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    model = TorchModel(LlamaForCausalLM(config).eval(), "text-generation", tokenizer=tokenizer, source="short")
+    # execute
+    result = export_causal(model, tmp_path / "o")
+    # assert: both checks ran, within the context
+    p = result.parity
+    assert p.block_size <= 24 and p.greedy_identical == p.greedy_prompts and 0 < p.greedy_new_tokens <= 24
