@@ -3,7 +3,8 @@
 Sources: anything `compress.data.examples.load_examples` reads (JSONL/CSV/TSV files, folders of split files, saved
 `datasets` folders; the `text` field, plus `text_pair` when asked), plain `.txt` files (one text per
 paragraph: blank lines separate texts), and named corpora `corpus:NAME` (`compress.data.corpora`, fetched from a
-package registry once and cached). Labels are never needed here. `describe_mix` counts a training mix per source.
+package registry once and cached). Labels are never needed here. `load_mix` reads a training mix (several sources,
+documents also in an eval set dropped) and counts it per source; `describe_mix` adds token counts.
 
 Packing follows the usual language-model recipe: texts are tokenized without special tokens, joined with a
 document separator between them (`document_separator`: the token the model saw between documents in pretraining,
@@ -23,8 +24,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from compress.core.errors import CompressError
 
@@ -240,3 +243,133 @@ def describe_mix(sources: list[TextSource | str], tokenizer, eval_texts: list[st
         rows.append({"name": name, "licence": licence_of(src.source), "documents": len(kept), "dropped": len(dropped),
                      "characters": sum(map(len, kept)), "tokens": tokens})
     return rows
+
+
+# --- a training mix -------------------------------------------------------------------------------------------
+
+CORPUS_PREFIX = "corpus:"  # `compress.data.corpora.PREFIX`, known here without importing the corpora
+
+
+class MixSource(BaseModel):
+    """One source of a training mix: a data file or folder (each listed text field a document of its own), a `.txt`
+    file (one document per paragraph) or a named corpus (`corpus:kjv`, see `compress.data.corpora`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    source: str = Field(description="File, folder of split files, saved dataset, .txt file or `corpus:NAME`.")
+    split: str | None = Field(None, description="Split of a data folder (file stem, e.g. `train`); not for corpora "
+                              "and .txt files.")
+    fields: list[str] | None = Field(None, min_length=1, max_length=2, description="One or two text fields of a "
+                                     "data file, each read as documents of its own (e.g. [text, text_pair]: RTE "
+                                     "premises and hypotheses); default `text` (in a recipe: data.text_field, plus "
+                                     "data.text_pair_field when set). Not for corpora and .txt files.")
+    part: Literal["all", "train", "heldout"] = Field("all", description="all, or one side of the deterministic hash "
+                                                     "split (of a row's first field; of a corpus document).")
+    heldout_fraction: float = Field(0.1, gt=0, lt=1, description="Share of texts on the heldout side of `part`.")
+    limit: int | None = Field(None, gt=0, description="Keep at most this many rows of a data file (each gives one "
+                              "document per field) or documents of a corpus / .txt file, after `shuffle`.")
+    shuffle: bool = Field(False, description="Shuffle (with `seed`) before `limit`.")
+    seed: int = Field(0, description="Seed of the shuffle.")
+
+    @model_validator(mode="after")
+    def _check(self) -> MixSource:
+        whole = self.source.startswith(CORPUS_PREFIX) or Path(self.source).suffix == ".txt"
+        if whole and (self.split is not None or self.fields is not None):
+            raise ValueError(f"'{self.source}' is read whole as documents: drop split and fields")
+        if self.source.startswith(CORPUS_PREFIX):
+            from compress.data.corpora import CORPORA
+
+            if self.source.removeprefix(CORPUS_PREFIX) not in CORPORA:
+                raise ValueError(f"unknown corpus '{self.source}' (use one of: "
+                                 f"{', '.join(CORPUS_PREFIX + n for n in CORPORA)})")
+        if self.fields is not None and len(set(self.fields)) != len(self.fields):
+            raise ValueError(f"fields {self.fields} names a field twice")
+        return self
+
+    @property
+    def name(self) -> str:
+        """How the source reads in a table: `../shared/data/rte (train, part train) text+text_pair`."""
+        details = [d for d in (self.split, f"part {self.part}" if self.part != "all" else None) if d]
+        return self.source + (f" ({', '.join(details)})" if details else "") + \
+            (f" {'+'.join(self.fields)}" if self.fields else "")
+
+
+class MixSpec(BaseModel):
+    """A training split made of several text sources (the recipe's `data.train.mix`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sources: list[MixSource] = Field(min_length=1, description="The sources, each read as documents.")
+    seed: int = Field(0, description="Seed of the shuffle that interleaves the sources' documents.")
+    limit: int | None = Field(None, gt=0, description="Keep at most this many documents of the interleaved mix.")
+    dedup_against_eval: bool = Field(True, description="Drop every document also in an eval set (the caller "
+                                     "passes the eval texts to `load_mix`).")
+
+
+def mix_source_texts(src: MixSource) -> list[str]:
+    """The documents of one mix source (non-empty), after its `part`, `shuffle` and `limit`."""
+    if src.source.startswith(CORPUS_PREFIX) or Path(src.source).suffix == ".txt":
+        texts = load_texts(TextSource(src.source, part=src.part, heldout_fraction=src.heldout_fraction))
+        if src.shuffle:
+            texts = [texts[i] for i in np.random.default_rng(src.seed).permutation(len(texts))]
+        return texts[: src.limit] if src.limit is not None else texts
+    from compress.data.examples import DataSpec, load_examples
+
+    fields = src.fields or ["text"]
+    # Rows are selected (part, shuffle, limit) as a recipe split selects them, so `part: train` of a file here and
+    # `part: heldout` of the same file as data.validation never share a row. No column is named "": labels are
+    # not read (a mix is unlabelled text).
+    rows = load_examples(DataSpec(source=src.source, split=src.split, text_field=fields[0],
+                                  text_pair_field=fields[1] if len(fields) > 1 else None, label_field="",
+                                  part=src.part, heldout_fraction=src.heldout_fraction, limit=src.limit,
+                                  shuffle=src.shuffle, seed=src.seed))
+    texts = causal_texts(rows)
+    if not texts:
+        raise CompressError(f"no text in {src.name}", "point the mix source at a file with non-empty text fields")
+    return texts
+
+
+def load_mix(spec: MixSpec | list[MixSource], eval_texts: list[str] = ()):
+    """The documents of a training mix, interleaved, with the documents also in an eval set dropped.
+
+    Each source is read (`mix_source_texts`), its documents equal to an eval text after `normalise_text` are
+    dropped, then the documents of all sources are shuffled together (`spec.seed`), so that any prefix of the
+    packed blocks (a pass's `max_blocks`) samples every source, and cut to `spec.limit`.
+
+    Args:
+        spec: the mix (a list of sources: seed 0, no limit).
+        eval_texts: every document of every eval set; empty when the mix is not deduplicated.
+    Returns: (Examples holding only `texts`, one row per source: name, source, licence, documents (in the mix),
+        dropped (equal to an eval text), characters (in the mix)). Tokens are counted where the tokenizer is known
+        (`describe_mix`).
+    """
+    from compress.data.corpora import licence_of
+    from compress.data.examples import Examples
+
+    if not isinstance(spec, MixSpec):
+        spec = MixSpec(sources=list(spec))
+    unseen = {normalise_text(t) for t in eval_texts}
+    docs: list[str] = []
+    owner: list[int] = []  # index of the source of each document
+    dropped = []
+    for i, src in enumerate(spec.sources):
+        try:
+            texts = mix_source_texts(src)
+        except CompressError as e:
+            raise CompressError(f"mix[{i}] ({src.source}): {e.problem}", e.fix) from None
+        kept = [t for t in texts if normalise_text(t) not in unseen]
+        if not kept:
+            raise CompressError(f"mix[{i}] ({src.name}): all {len(texts)} documents are also in an eval set",
+                                "drop the source or train on another split of it")
+        docs += kept
+        owner += [i] * len(kept)
+        dropped.append(len(texts) - len(kept))
+    order = np.random.default_rng(spec.seed).permutation(len(docs))[: spec.limit]
+    docs, owner = [docs[j] for j in order], [owner[j] for j in order]
+    rows = []
+    for i, src in enumerate(spec.sources):
+        mine = [d for d, o in zip(docs, owner, strict=True) if o == i]
+        rows.append({"name": src.name, "source": src.source, "licence": licence_of(src.source),
+                     "documents": len(mine), "dropped": dropped[i], "characters": sum(map(len, mine))})
+    origin = "mix of " + ", ".join(src.source for src in spec.sources)
+    return Examples(texts=docs, origin=origin), rows

@@ -45,6 +45,9 @@ def validate_recipe(recipe: Recipe, model=None, *, examples: Callable[[str], obj
     from compress.models.causal import is_causal
 
     if not is_causal(model):
+        if recipe.data.train is not None and recipe.data.train.mix is not None:
+            raise CompressError(f"data.train.mix: '{recipe.model}' is not a causal LM; a mix is text for causal LMs",
+                                "give data.train a source or split, or use a causal LM")
         return
     check_windows(recipe, model)
     _check_domains(recipe, model, loaded)
@@ -52,15 +55,40 @@ def validate_recipe(recipe: Recipe, model=None, *, examples: Callable[[str], obj
 
 def check_paths(recipe: Recipe) -> None:
     """Every local data split and eval domain exists (read nothing yet)."""
+    from compress.data.causal import MixSpec
+
     for split in SPLITS:
         spec = recipe.data.spec(split)
-        if spec is not None and _missing(spec.source):
+        if isinstance(spec, MixSpec):
+            check_mix(spec, f"data.{split}.mix")
+        elif spec is not None and _missing(spec.source):
             raise CompressError(f"data.{split}: '{spec.source}' not found",
                                 "paths are relative to the folder you run from (the repository root)")
     for i, domain in enumerate(recipe.eval.domains):
         if _missing(domain.source):
             raise CompressError(f"eval.domains[{i}].source: '{domain.source}' (domain '{domain.name}') not found",
                                 "fix the path (relative to the folder you run from) or drop the domain")
+
+
+def check_mix(spec, where: str = "mix") -> None:
+    """Every source of a training mix (`compress.data.causal.MixSpec`) can be read, without reading much: a corpus
+    is registered (not downloaded here: the run fetches it once), a file or folder exists and is not blank."""
+    from compress.data.causal import CORPUS_PREFIX
+    from compress.data.corpora import get_corpus
+
+    for i, src in enumerate(spec.sources):
+        field = f"{where}[{i}].source"
+        if src.source.startswith(CORPUS_PREFIX):
+            try:
+                get_corpus(src.source)
+            except CompressError as e:
+                raise CompressError(f"{field}: {e.problem}", e.fix) from None
+        elif _missing(src.source):
+            raise CompressError(f"{field}: '{src.source}' not found",
+                                "paths are relative to the folder you run from (the repository root)")
+        elif _is_blank(_data_file(src.source, src.split)):
+            raise CompressError(f"{field}: '{src.source}'" + (f" (split {src.split})" if src.split else "")
+                                + " is empty (0 documents)", "point the mix source at a file with text, or drop it")
 
 
 def check_window(window: int, model, field: str) -> None:
@@ -134,8 +162,20 @@ def _is_blank(path: Path | None) -> bool:
 
 def _split_examples(recipe: Recipe, split: str, examples):
     """The split's examples, refusing one that holds none (or only empty texts)."""
+    from compress.data.causal import CORPUS_PREFIX, MixSpec, mix_source_texts
+
     spec = recipe.data.spec(split)
     if spec is None:
+        return None
+    if isinstance(spec, MixSpec):
+        if examples is not None:  # a run: the mix is read now (corpora fetched once), empty sources refused
+            return examples(split)
+        for i, src in enumerate(spec.sources):  # a dry run reads the local files only: a corpus may need a download
+            if not src.source.startswith(CORPUS_PREFIX):
+                try:
+                    mix_source_texts(src)
+                except CompressError as e:
+                    raise CompressError(f"data.{split}.mix[{i}] ({src.source}): {e.problem}", e.fix) from None
         return None
     where = f"'{spec.source}'" + (f" (split {spec.split})" if spec.split else "")
     fix = f"point data.{split} at a file or split with examples" + ("" if split == "eval" else f", or drop data.{split}")

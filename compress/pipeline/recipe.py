@@ -30,6 +30,7 @@ from pydantic import (
 )
 
 from compress.core.errors import CompressError
+from compress.data.causal import MixSource
 from compress.evaluation.latency.bench import BenchSpec
 from compress.passes.base import PassConfig
 
@@ -56,6 +57,26 @@ class SplitSpec(_Strict):
         "all", description="all, or one side of a deterministic split by a hash of each text (e.g. train on "
         "`part: train` and select on `part: heldout` of the same file).")
     heldout_fraction: float = Field(0.1, gt=0, lt=1, description="Share of texts on the heldout side of `part`.")
+    mix: list[MixSource] | None = Field(None, min_length=1, description="data.train of a causal LM only: several "
+                                        "text sources instead of `source`/`split`, their documents interleaved "
+                                        "(shuffled together with `seed`; `limit` caps the total).")
+    dedup_against_eval: bool | None = Field(None, description="With `mix`: drop every training document also in "
+                                            "data.eval or an eval.domains source (exact match after case and "
+                                            "whitespace folding). Default: true.")
+
+    @model_validator(mode="after")
+    def _check_mix(self) -> SplitSpec:
+        if self.mix is None:
+            if self.dedup_against_eval is not None:
+                raise ValueError("dedup_against_eval applies to a mix; drop it or give the split a mix")
+            return self
+        per_source = [name for name, off in (("source", self.source is None), ("split", self.split is None),
+                                             ("part", self.part == "all"), ("shuffle", not self.shuffle),
+                                             ("heldout_fraction", self.heldout_fraction == 0.1)) if not off]
+        if per_source:
+            raise ValueError(f"a mix takes no {' or '.join(per_source)} of its own (the documents are always "
+                             "shuffled together); set them on each mix source")
+        return self
 
 
 class DataConfig(_Strict):
@@ -78,12 +99,22 @@ class DataConfig(_Strict):
         return {"split": value} if isinstance(value, str) else value
 
     def spec(self, which: str):
-        """The `compress.data.examples.DataSpec` of split `which`, or None when the recipe gives none."""
+        """The `compress.data.examples.DataSpec` of split `which`, a `compress.data.causal.MixSpec` when the split is
+        a mix (each data file source reading `text_field`, plus `text_pair_field`, unless it lists its fields), or
+        None when the recipe gives none."""
         from compress.data.examples import DataSpec
 
         split: SplitSpec | None = getattr(self, which)
         if split is None:
             return None
+        if split.mix is not None:
+            from compress.data.causal import CORPUS_PREFIX, MixSpec
+
+            default = [self.text_field] + ([self.text_pair_field] if self.text_pair_field else [])
+            sources = [s if s.fields is not None or s.source.startswith(CORPUS_PREFIX) or Path(s.source).suffix == ".txt"
+                       else s.model_copy(update={"fields": default}) for s in split.mix]
+            return MixSpec(sources=sources, seed=split.seed, limit=split.limit,
+                           dedup_against_eval=split.dedup_against_eval is not False)
         source = split.source or self.source
         if source is None:
             raise CompressError(f"data.{which} has no source", "set data.source or data.{which}.source")
@@ -280,6 +311,13 @@ class Recipe(_Strict):
 
     @model_validator(mode="after")
     def _check_graph(self) -> Recipe:
+        for which in ("validation", "eval", "calibration"):
+            if (split := getattr(self.data, which)) is not None and split.mix is not None:
+                raise ValueError(f"data.{which}.mix: only data.train can be a mix; give data.{which} a source or "
+                                 "split")
+        if self.data.train is not None and self.data.train.mix is not None and self.task != "text-generation":
+            raise ValueError("data.train.mix: a mix is unlabelled text for causal LMs; set task: text-generation "
+                             "(or give data.train a source or split)")
         plan(self)  # raises ValueError naming the YAML path
         if self.search is not None:
             check_search(self)

@@ -79,8 +79,9 @@ def lineage_rows(steps: list, records: dict[str, dict], cached: set[str]) -> lis
 
 
 def build(recipe: Recipe, *, stages: list[dict], lineage: list[dict], evals: list[dict], timing: dict,
-          examples: int, run_dir: str) -> dict:
-    """The results of one run (before `report.build` adds verdicts); `timing["environment"]` is already filled."""
+          examples: int, run_dir: str, data: dict | None = None) -> dict:
+    """The results of one run (before `report.build` adds verdicts); `timing["environment"]` is already filled.
+    `data` is what the run trained on (`Runner.data_report`: `train_mix`, the per-source table of a mix)."""
     primary = recipe.eval.primary_shape()
     return {
         "schema": SCHEMA_VERSION, "recipe": recipe.name, "description": recipe.description,
@@ -93,7 +94,7 @@ def build(recipe: Recipe, *, stages: list[dict], lineage: list[dict], evals: lis
         "goals": recipe.goals.model_dump() if recipe.goals else None,
         "teacher": stages[0]["name"], "baselines": list(recipe.baselines),
         "run_dir": run_dir, "recipe_config": recipe_dict(recipe), "stages": stages,
-        "pipeline": lineage,
+        "pipeline": lineage, "data": jsonable(data or {"train_mix": None}),
     }
 
 

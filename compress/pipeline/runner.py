@@ -49,6 +49,7 @@ class Runner:
         self.progress = progress
         self.steps = plan(recipe)
         self._examples: dict[str, Any] = {}
+        self.train_mix: list[dict] | None = None  # data.train as a mix: what each source brought (`load_mix` rows)
         self.reused: set[str] = set()  # stages taken from the cache in this run
         self.load_kwargs = {k: v for k, v in {"task": recipe.task, "num_labels": recipe.num_labels}.items() if v}
         self.keys = self._keys()
@@ -64,6 +65,10 @@ class Runner:
             keys[TEACHER_REF] = digest({"model": r.teacher_source(), **self.load_kwargs})
         data = {split: (spec.model_dump() if (spec := r.data.spec(split)) else None)
                 for split in ("train", "validation", "calibration")}
+        train = r.data.spec("train")
+        if getattr(train, "dedup_against_eval", False):  # a mix's documents depend on the eval sets it avoids
+            data["dedup_against"] = {"eval": r.data.spec("eval").model_dump(),
+                                     "domains": [d.model_dump() for d in r.eval.domains]}
         teacher_ready = teacher_stage is None
         for step in self.steps:
             stage = r.stage(step.name)
@@ -88,11 +93,37 @@ class Runner:
     def examples(self, split: str):
         """Examples of a recipe split ("train", "validation", "eval", "calibration"), loaded once; None if absent."""
         if split not in self._examples:
+            from compress.data.causal import MixSpec, load_mix
             from compress.data.examples import load_examples
 
             spec = self.recipe.data.spec(split)
-            self._examples[split] = load_examples(spec) if spec is not None else None
+            if isinstance(spec, MixSpec):
+                avoid = self.eval_texts() if spec.dedup_against_eval else []
+                try:
+                    self._examples[split], self.train_mix = load_mix(spec, eval_texts=avoid)
+                except CompressError as e:
+                    raise CompressError(f"data.{split}.{e.problem}", e.fix) from None
+            else:
+                self._examples[split] = load_examples(spec) if spec is not None else None
         return self._examples[split]
+
+    def eval_texts(self) -> list[str]:
+        """Every document a stage is scored on: the data.eval split's texts (pairs too) and every eval.domains
+        source's documents (all of them, not only the first `max_documents`); a training mix leaves them out."""
+        from compress.data.causal import causal_texts
+        from compress.pipeline.score import domain_texts
+
+        texts = causal_texts(self.examples("eval"))
+        for d in self.recipe.eval.domains:
+            texts += domain_texts(d)
+        return texts
+
+    def data_report(self) -> dict:
+        """What the run trained on, for results.json: `train_mix` (per mix source: name, licence, documents,
+        dropped, characters), None when data.train is not a mix."""
+        if self.train_mix is None and self.recipe.data.train is not None and self.recipe.data.train.mix is not None:
+            self.examples("train")
+        return {"train_mix": self.train_mix}
 
     def bundle(self):
         from compress.passes.base import DataBundle
@@ -237,7 +268,8 @@ def _run_locked(runner: Runner, recipe: Recipe, fresh: bool) -> dict:
     stages = results.stage_rows(recipe, entries, evals, timing, runner.reused)
     records = {step.name: runner.record(step.name) for step in runner.steps}
     return results.build(recipe, stages=stages, lineage=results.lineage_rows(runner.steps, records, runner.reused),
-                         evals=evals, timing=timing, examples=len(runner.examples("eval")), run_dir=str(runner.root))
+                         evals=evals, timing=timing, examples=len(runner.examples("eval")), run_dir=str(runner.root),
+                         data=runner.data_report())
 
 
 def recipe_inputs(recipe: Recipe) -> list[str]:
@@ -246,6 +278,8 @@ def recipe_inputs(recipe: Recipe) -> list[str]:
     for split in ("train", "validation", "eval", "calibration"):
         spec = getattr(recipe.data, split)
         sources.append(spec.source if spec is not None else None)
+        if spec is not None and spec.mix is not None:  # a mix reads files (and corpora, which are not paths)
+            sources += [m.source for m in spec.mix if not m.source.startswith("corpus:")]
     return [s for s in sources if s]
 
 
@@ -257,8 +291,14 @@ def cached_stages(recipe: Recipe, runs_dir: str | Path = "runs") -> dict[str, bo
 
 def check_data(recipe: Recipe) -> None:
     """Fail early (before any stage runs) when a data split cannot be found."""
+    from compress.data.causal import MixSpec
+    from compress.pipeline.preflight import check_mix
+
     for split in ("train", "validation", "eval", "calibration"):
         spec = recipe.data.spec(split)
+        if isinstance(spec, MixSpec):
+            check_mix(spec, f"data.{split}.mix")
+            continue
         if spec is None or spec.source.startswith("builtin:"):
             continue
         path = Path(spec.source).expanduser()

@@ -43,6 +43,25 @@ def time_stages(runner, entries: list[dict], evals: list[dict]) -> dict:
     return {**timing, "environment": environment_info}
 
 
+def domain_texts(domain) -> list[str]:
+    """Every document of an eval domain (`DomainSpec`), before its `max_documents` cut."""
+    from compress.data.causal import TextSource, load_texts
+
+    return load_texts(TextSource(domain.source, split=domain.split, text_field=domain.text_field))
+
+
+def training_sources(recipe) -> list[str]:
+    """The local sources data.train reads: its source, or every file source of its mix (corpora are not files)."""
+    from compress.data.causal import CORPUS_PREFIX, MixSpec
+
+    spec = recipe.data.spec("train")
+    if spec is None:
+        return []
+    if isinstance(spec, MixSpec):
+        return [s.source for s in spec.sources if not s.source.startswith(CORPUS_PREFIX)]
+    return [spec.source]
+
+
 class Scorer:
     """Evaluation of one run's stages; a causal LM's teacher (and its greedy tokens) is loaded once for all."""
 
@@ -157,17 +176,16 @@ class Scorer:
         from the training split's source is marked as trained on."""
         if self._domains is not None:
             return self._domains
-        from compress.data.causal import TextSource, causal_texts, deduplicate, load_texts
+        from compress.data.causal import causal_texts, deduplicate
 
         recipe = self.runner.recipe
         train = self.runner.examples("train")
         train_texts = causal_texts(train) if train is not None and train.texts is not None else []
-        train_spec = recipe.data.spec("train")
-        train_source = str(Path(train_spec.source).resolve()) if train_spec is not None else None
+        train_sources = {str(Path(s).resolve()) for s in training_sources(recipe)}
         found = {}
         if recipe.eval.domains:
             for d in recipe.eval.domains:
-                texts = load_texts(TextSource(d.source, split=d.split, text_field=d.text_field))
+                texts = domain_texts(d)
                 found[d.name] = (texts[: d.max_documents] if d.max_documents else texts, d.source, d.split)
         else:
             spec = recipe.data.spec("eval")
@@ -176,7 +194,7 @@ class Scorer:
         for name, (texts, source, split) in found.items():
             kept, dropped = deduplicate(texts, train_texts)
             self._domains[name] = {"texts": kept, "source": source, "split": split, "dropped_duplicates": len(dropped),
-                                   "trained_on": train_source is not None and str(Path(source).resolve()) == train_source}
+                                   "trained_on": str(Path(source).resolve()) in train_sources}
         return self._domains
 
     def _peer(self, entry: dict, cached: Path) -> dict:

@@ -265,3 +265,92 @@ def test_run_validates_before_the_first_stage(tmp_path):
     with pytest.raises(CompressError, match="eval.window 512"):
         run(parse_recipe(data), runs_dir=tmp_path / "runs")
     assert not (tmp_path / "runs" / "c").exists()  # no stage folder, no lock
+
+
+def mix_recipe() -> dict:
+    """A decoder recipe whose training split is a mix of a data folder's two text fields and a corpus."""
+    return {"name": "m", "model": "tiny:llama", "task": "text-generation",
+            "data": {"source": "data/rte", "text_pair_field": "text_pair",
+                     "train": {"mix": [{"source": "data/rte", "split": "train", "part": "train"},
+                                       {"source": "corpus:kjv"},
+                                       {"source": "data/notes.jsonl", "fields": ["body"], "limit": 10}],
+                               "dedup_against_eval": True, "seed": 1},
+                     "validation": {"split": "train", "part": "heldout"}, "eval": "validation"},
+            "stages": [{"name": "kd", "pass": {"type": "distill", "max_steps": 1}}]}
+
+
+def test_mix_train_split_validates_round_trips_and_resolves_its_fields():
+    from compress.data.causal import MixSpec
+
+    # setup / execute
+    recipe = parse_recipe(mix_recipe())
+    again = parse_recipe(yaml.safe_load(dump_recipe(recipe)))
+    spec = recipe.data.spec("train")
+
+    # assert: a file source without fields reads data.text_field and data.text_pair_field; corpora have none
+    assert again == recipe
+    assert isinstance(spec, MixSpec) and spec.seed == 1 and spec.dedup_against_eval
+    assert [s.fields for s in spec.sources] == [["text", "text_pair"], None, ["body"]]
+    assert spec.sources[0].part == "train" and spec.sources[2].limit == 10
+    assert recipe.data.spec("validation").part == "heldout"  # the other splits are as before
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda d: d["data"]["train"].update(source="data/rte"),
+     "data.train: a mix takes no source of its own (the documents are always shuffled together); set them on each"),
+    (lambda d: d["data"]["train"].update(split="train", part="train"), "data.train: a mix takes no split or part"),
+    (lambda d: d["data"].update(validation={"mix": [{"source": "corpus:kjv"}]}),
+     "data.validation.mix: only data.train can be a mix; give data.validation a source or split"),
+    (lambda d: d.update(task="text-classification"),
+     "data.train.mix: a mix is unlabelled text for causal LMs; set task: text-generation"),
+    (lambda d: d.pop("task"), "data.train.mix: a mix is unlabelled text for causal LMs"),
+    (lambda d: d["data"]["train"]["mix"].append({"source": "corpus:nope"}),
+     "data.train.mix[3]: unknown corpus 'corpus:nope' (use one of: corpus:kjv"),
+    (lambda d: d["data"]["train"]["mix"][1].update(split="train"),
+     "data.train.mix[1]: 'corpus:kjv' is read whole as documents: drop split and fields"),
+    (lambda d: d["data"]["train"]["mix"][0].update(text_field="text"), "data.train.mix[0].text_field: unknown key"),
+    (lambda d: d["data"]["train"].update(mix=[]), "data.train.mix: List should have at least 1 item"),
+    (lambda d: d["data"].update(eval={"split": "validation", "dedup_against_eval": True}),
+     "data.eval: dedup_against_eval applies to a mix"),
+])
+def test_bad_mix_is_refused_in_one_line(change, message):
+    data = mix_recipe()
+    change(data)
+    assert message in error_of(data)
+
+
+def test_preflight_checks_mix_sources_without_fetching_corpora(tmp_path, monkeypatch):
+    import json
+    import subprocess
+
+    from compress.pipeline.preflight import check_paths, validate_recipe
+    from compress.pipeline.runner import check_data
+
+    # setup: the files exist, the corpus is not cached, and nothing may be downloaded
+    def refuse(*a, **k):
+        raise AssertionError(f"nothing may be fetched: {a}")
+
+    monkeypatch.setattr(subprocess, "run", refuse)
+    monkeypatch.setenv("COMPRESS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data" / "rte").mkdir(parents=True)
+    for split in ("train", "validation"):
+        rows = [{"text": f"Premise {i} of {split}, a sentence long enough.", "text_pair": f"Hypothesis {i}.",
+                 "label": i % 2} for i in range(40)]
+        (tmp_path / "data" / "rte" / f"{split}.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    (tmp_path / "data" / "notes.jsonl").write_text('{"body": "A note."}\n')
+    recipe = parse_recipe(mix_recipe())
+
+    # execute / assert: a dry run reads the local sources only
+    check_data(recipe)
+    check_paths(recipe)
+    validate_recipe(recipe)
+    (tmp_path / "data" / "notes.jsonl").write_text("\n")
+    with pytest.raises(CompressError, match=r"data.train.mix\[2\].source: 'data/notes.jsonl' is empty"):
+        check_paths(recipe)
+    (tmp_path / "data" / "notes.jsonl").unlink()
+    with pytest.raises(CompressError, match=r"data.train.mix\[2\].source: 'data/notes.jsonl' not found"):
+        check_data(recipe)
+    (tmp_path / "data" / "notes.jsonl").write_text('{"text": "no body field"}\n')
+    with pytest.raises(CompressError, match=r"data.train.mix\[2\] \(data/notes.jsonl\): the data has no field 'body'"):
+        validate_recipe(recipe)
