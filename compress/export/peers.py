@@ -238,7 +238,7 @@ def to_genai(hf_folder: str | Path, out_dir: str | Path, precision: str = "int4"
     require("genai")
     options = {**genai_options(precision, block_size=block_size, accuracy_level=accuracy_level,
                                symmetric=symmetric, head_bits=head_bits), **(extra_options or {})}
-    out = Path(out_dir)
+    out = Path(out_dir).resolve()  # the builder runs in its own working folder: relative paths would land there
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.tmp-", dir=out.parent) as work:
         staging, cache = Path(work) / "model", Path(work) / "cache"

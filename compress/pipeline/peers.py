@@ -96,16 +96,20 @@ def _build(spec, hf: Path, folder: Path) -> None:
     tmp = folder.with_name(folder.name + f".tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    if spec.runtime == "llamacpp":
-        precision = spec.precision.lower()
-        if precision in ("f32", "f16"):
-            to_gguf(hf, tmp / "model.gguf", precision)
-        else:  # llama.cpp's own quantizer over the f32 conversion, as its users make Q8_0 / Q4_0 files
-            to_gguf(hf, tmp / "f32.gguf", "f32")
-            quantize_gguf(tmp / "f32.gguf", tmp / "model.gguf", spec.precision.upper())
-            (tmp / "f32.gguf").unlink()
-    else:
-        to_genai(hf, tmp / "genai", spec.precision)
+    try:
+        if spec.runtime == "llamacpp":
+            precision = spec.precision.lower()
+            if precision in ("f32", "f16"):
+                to_gguf(hf, tmp / "model.gguf", precision)
+            else:  # llama.cpp's own quantizer over the f32 conversion, as its users make Q8_0 / Q4_0 files
+                to_gguf(hf, tmp / "f32.gguf", "f32")
+                quantize_gguf(tmp / "f32.gguf", tmp / "model.gguf", spec.precision.upper())
+                (tmp / "f32.gguf").unlink()
+        else:
+            to_genai(hf, tmp / "genai", spec.precision)
+    except BaseException:  # a failed build leaves nothing behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     (tmp / "done.json").write_text(json.dumps({"peer": spec.model_dump()}))
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
