@@ -185,3 +185,22 @@ def test_committed_reports_fit_a_1400px_window(folder, tmp_path):
     # assert: the page never scrolls sideways; every plot decoded
     assert check["page_width"] <= check["window_width"] <= 1400
     assert check["images"] == check["images_ok"] > 0
+
+
+def test_every_committed_markdown_table_has_as_many_cells_as_its_header():
+    import re
+    from pathlib import Path
+
+    cell = re.compile(r"(?<!\\)\|")
+    for report in Path(__file__).resolve().parents[2].glob("reports/*/report.md"):
+        lines = report.read_text().splitlines()
+        for i, line in enumerate(lines):
+            if not re.fullmatch(r"\|(---\|)+", line.strip()):
+                continue
+            width = line.count("---")
+            header = len(cell.findall(lines[i - 1])) - 1
+            assert header == width, f"{report}:{i}: header has {header} cells, separator {width}"
+            for j in range(i + 1, len(lines)):
+                if not lines[j].startswith("|"):
+                    break
+                assert len(cell.findall(lines[j])) - 1 == width, f"{report}:{j + 1}: {lines[j][:80]}"
