@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from compress.cli.app import NumLabelsOpt, TaskOpt, app, console, json_destination, write_json
+from compress.cli.app import NumLabelsOpt, TaskOpt, app, console, json_destination, pass_config, write_json
 
 
 @app.command()
@@ -22,6 +22,7 @@ def bench(
     rounds: Annotated[int, typer.Option(min=1, help="Round-robin rounds across models.")] = 3,
     isolate: Annotated[bool, typer.Option(help="One worker process per model (recommended).")] = True,
     new_tokens: Annotated[int, typer.Option(min=1, help="Causal LMs: greedy tokens decoded after each prompt (-s = prompt length).")] = 32,
+    decoder_loop: Annotated[str, typer.Option(help="Causal LMs in ONNX: auto (onnxruntime-genai's Generator for fused folders on CPU at batch 1, else compress's runner), generator or runner.")] = "auto",
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the results and environment here ('-': to stdout, the tables then go to stderr).")] = None,
     task: TaskOpt = None, num_labels: NumLabelsOpt = None,
 ) -> None:
@@ -41,8 +42,8 @@ def bench(
     bad = [d for d in device if d not in ("cpu", "cuda")]
     if bad:
         raise CompressError(f"unknown device '{bad[0]}'", "use --device cpu or --device cuda")
-    spec = BenchSpec(batch_sizes=batch_size, seq_lens=seq_len, devices=device, threads=threads, warmup=warmup,
-                     iters=iters, rounds=rounds, isolate=isolate, new_tokens=new_tokens)
+    spec = pass_config(BenchSpec, batch_sizes=batch_size, seq_lens=seq_len, devices=device, threads=threads, warmup=warmup,
+                     iters=iters, rounds=rounds, isolate=isolate, new_tokens=new_tokens, decoder_loop=decoder_loop)
     load_kwargs = {k: v for k, v in {"task": task, "num_labels": num_labels}.items() if v is not None}
     with progress(console) as on_progress:
         on_progress("timing", 0, None)  # workers start before the first slice is timed

@@ -52,3 +52,16 @@ def test_a_peer_is_timed_beside_our_model_at_batch_1(monkeypatch):
     assert peer["ttft_ms"] == pytest.approx(20, rel=0.05) and peer["peak_rss_mb"] > 0
     assert peer_of("genai:out/") == ("genai", "out/") and peer_of("tiny:llama") is None
     assert backend_of("genai:out/") == "onnxruntime-genai"
+
+
+def test_a_fused_folder_decodes_in_the_genai_generator_at_batch_1(llama_onnx):
+    from compress.evaluation.latency.bench import BenchSpec, bench
+
+    folder = str(llama_onnx.model.folder)
+    common = dict(seq_lens=[8], rounds=1, new_tokens=4, causal_warmup=0, causal_iters_per_round=1, isolate=False,
+                  busy="ignore", threads=1)
+    one = bench([folder], BenchSpec(batch_sizes=[1], **common))["results"]
+    two = bench([folder], BenchSpec(batch_sizes=[2], **common))["results"]
+    # batch 1 (auto): onnxruntime-genai's Generator; batch 2: compress's runner, which serves any batch
+    assert one[0]["loop"] == "onnxruntime-genai Generator" and one[0]["decode_tokens_per_s"] > 0
+    assert two[0]["loop"].startswith("compress CausalRunner") and two[0]["batch_size"] == 2
