@@ -46,7 +46,8 @@ def bench(
                      iters=iters, rounds=rounds, isolate=isolate, new_tokens=new_tokens, decoder_loop=decoder_loop)
     load_kwargs = {k: v for k, v in {"task": task, "num_labels": num_labels}.items() if v is not None}
     with progress(console) as on_progress:
-        on_progress("timing", 0, None)  # workers start before the first slice is timed
+        # The first line comes with the first timed slice: a model that fails to load in its worker (before any
+        # slice) leaves the one-line error alone.
         result = run_bench(models, spec, load_kwargs=load_kwargs,
                            on_progress=lambda done, total: on_progress("timing", done, total))
     env = result["environment"]
