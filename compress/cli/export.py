@@ -36,7 +36,7 @@ def export(
     exporter: Annotated[str, typer.Option(help="auto (torchscript, then dynamo), torchscript or dynamo.")] = "auto",
     optimize: Annotated[str, typer.Option(help="none, ort (ORT offline graph optimization) or transformer (fused BERT kernels).")] = "none",
     ort_format: Annotated[bool, typer.Option("--ort-format", help="Also write model.ort.")] = False,
-    atol: Annotated[float | None, typer.Option(min=0.0, help="Parity tolerance on max |Δlogits| (default 1e-4; causal LMs 1e-3).")] = None,
+    atol: Annotated[float | None, typer.Option(min=0.0, help="Parity tolerance on max |Δlogits| (default 1e-4; causal LMs 5e-3, with greedy decoding identical).")] = None,
     graph: Annotated[str, typer.Option(help="Causal LMs: auto (fused where supported), fused (onnxruntime-genai's builder graph, runs in its generator) or optimum (what ORTModelForCausalLM loads).")] = "auto",
     data: DataOpt = None, split: SplitOpt = None, text_field: TextFieldOpt = "text",
     text_pair_field: TextPairFieldOpt = None,

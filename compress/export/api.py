@@ -14,7 +14,7 @@ from pydantic import Field
 
 from compress.core.config import StrictConfig
 from compress.data.examples import iter_batches
-from compress.export.causal import export_causal
+from compress.export.causal import CAUSAL_ATOL, export_causal
 from compress.export.onnx import DEFAULT_OPSET, export_onnx
 from compress.models.artifacts import OnnxModel, TorchModel
 from compress.models.causal import is_causal
@@ -28,7 +28,7 @@ class ExportSettings(StrictConfig):
     optimize: Literal["none", "ort", "transformer"] = Field("none", description="Graph optimization of the exported model.")
     ort_format: bool = Field(False, description="Also write model.ort.")
     atol: float | None = Field(None, gt=0, description="Parity tolerance on max |Δlogits| (default 1e-4; causal LMs "
-                               "1e-3: fp32 logits over a 49k vocabulary differ by ~1e-4 between kernels).")
+                               "5e-3: fp32 logits over a 49k vocabulary differ by up to ~1e-3 between kernels).")
     check_examples: int = Field(64, ge=1, description="Eval examples used for the parity check.")
     graph: Literal["auto", "fused", "optimum"] = Field(
         "auto", description="Causal LMs: fused = onnxruntime-genai's model builder graph (GroupQueryAttention, "
@@ -51,7 +51,7 @@ def export_model(model: TorchModel, out_dir: str | Path, cfg: ExportSettings | N
     opset, atol, check_examples = cfg.opset, cfg.atol, cfg.check_examples
     if is_causal(model):
         texts = list(examples.texts[:check_examples]) if examples is not None else None
-        result = export_causal(model, out_dir, texts=texts, atol=1e-3 if atol is None else atol, opset=opset,
+        result = export_causal(model, out_dir, texts=texts, atol=CAUSAL_ATOL if atol is None else atol, opset=opset,
                                graph=cfg.graph, on_progress=on_progress)
         p = result.parity
         return result.model, {"exporter": result.exporter, "graph": result.graph, "opset": result.opset,

@@ -65,7 +65,8 @@ def test_export_parity_and_optimum_generates(cli, tmp_path):
     assert r.exit_code == 0, r.output
     assert "identical on 8/8 prompts" in r.output
     report = json.loads((out / "export_report.json").read_text())
-    assert report["parity"]["max_abs_diff"] <= 1e-3 and report["parity"]["greedy_new_tokens"] == 32
+    assert report["parity"]["max_abs_diff"] <= 5e-3 and report["parity"]["greedy_new_tokens"] == 32
+    assert report["graph"] == "fused" and not report["warnings"]  # the default: no fallback to optimum
     model = ORTModelForCausalLM.from_pretrained(out)
     tokenizer = AutoTokenizer.from_pretrained(out)
     ids = tokenizer("The capital of France is", return_tensors="pt")
@@ -110,4 +111,4 @@ def test_pruned_smollm2_reloads_recovers_and_exports(smollm2, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(reloaded.module(input_ids=ids).logits, student.module(input_ids=ids).logits)
     parity = export_causal(reloaded, tmp_path / "onnx", texts=heldout).parity
-    assert parity.max_abs_diff <= 1e-3 and parity.greedy_identical == parity.greedy_prompts
+    assert parity.max_abs_diff <= 5e-3 and parity.greedy_identical == parity.greedy_prompts

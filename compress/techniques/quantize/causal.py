@@ -367,7 +367,10 @@ def export_key(model: TorchModel) -> str:
 
     import torch
 
+    from compress.export.causal import CAUSAL_ATOL
+
     h = hashlib.sha256()
+    h.update(f"graph=auto atol={CAUSAL_ATOL}".encode())  # what export_causal is called with (its graph may fall back)
     h.update(json.dumps(model.module.config.to_dict(), sort_keys=True, default=str).encode())
     backend = getattr(model.tokenizer, "backend_tokenizer", None)
     h.update((backend.to_str() if backend is not None else str(len(model.tokenizer))).encode())

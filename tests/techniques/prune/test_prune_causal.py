@@ -153,7 +153,7 @@ def test_pruned_gqa_llama_reloads_and_exports_with_parity(llama, blocks, tmp_pat
         torch.testing.assert_close(reloaded.module(input_ids=ids).logits, pruned.module(input_ids=ids).logits)
     result = export_causal(reloaded, tmp_path / "onnx")
     # export_causal raises when parity fails; these are the figures it checked.
-    assert result.parity.max_abs_diff <= 1e-3
+    assert result.parity.max_abs_diff <= 5e-3
     assert result.parity.greedy_identical == result.parity.greedy_prompts
 
 
