@@ -22,6 +22,7 @@ def bench(
     rounds: Annotated[int, typer.Option(min=1, help="Round-robin rounds across models.")] = 3,
     isolate: Annotated[bool, typer.Option(help="One worker process per model (recommended).")] = True,
     new_tokens: Annotated[int, typer.Option(min=1, help="Causal LMs: greedy tokens decoded after each prompt (-s = prompt length).")] = 32,
+    profile: Annotated[bool, typer.Option("--profile", help="Causal LMs in ONNX: also profile one decode step (ONNX Runtime's profiler, time per operator type; after the timing, so it never perturbs it).")] = False,
     decoder_loop: Annotated[str, typer.Option(help="Causal LMs in ONNX: auto (onnxruntime-genai's Generator for fused folders on CPU at batch 1, else compress's runner), generator or runner.")] = "auto",
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the results and environment here ('-': to stdout, the tables then go to stderr).")] = None,
     task: TaskOpt = None, num_labels: NumLabelsOpt = None,
@@ -73,8 +74,34 @@ def bench(
     for r in result["results"]:
         if "warning" in r:
             console.print(f"[yellow]warning[/]: {r['model']}: {r['warning']}")
+    if profile:
+        result["profiles"] = _profiles(models, spec)
     write_json(json_out, result)
 
 
 def _nodes(row: dict) -> str:
     return ", ".join(f"{k.replace('ExecutionProvider', '')}:{v}" for k, v in row["nodes_per_provider"].items()) or "-"
+
+
+def _profiles(models: list[str], spec) -> dict:
+    """Per ONNX decoder: where one decode step spends its time, as a table and in the JSON."""
+    from rich.table import Table
+
+    from compress.evaluation.latency.profile import decode_profile
+    from compress.models.causal import is_causal
+    from compress.models.load import load_model
+
+    profiles = {}
+    for source in models:
+        model = load_model(source)
+        if model.kind != "onnx" or not is_causal(model):
+            continue
+        p = decode_profile(model, prompt_len=spec.seq_lens[0], steps=spec.new_tokens, threads=spec.threads or 2)
+        profiles[source] = p
+        table = Table("operator", "nodes", "ms per step", "share",
+                      title=f"{source}: one decode step after {p['prompt_len']} tokens, kernels "
+                            f"{p['decode_kernel_ms']:.2f} of {p['decode_wall_ms']:.2f} ms (profiled)")
+        for r in p["decode_ops"][:8]:
+            table.add_row(r["op"], str(r["nodes"]), f"{r['ms']:.3f}", f"{100 * r['share']:.1f}%")
+        console.print(table)
+    return profiles

@@ -51,6 +51,7 @@ def evaluate_causal(model, blocks: np.ndarray, *, reference=None, prompts: list[
             score many variants of one model on the same blocks).
         on_progress: callback(done, total) over blocks.
     Returns: {"perplexity", "nll", "tokens", "blocks", "block_size", and with a reference "kl", "top1_agreement",
+              "reference_perplexity" (the reference's, from the same forward passes),
               "greedy_prefix", "greedy_agreement" (prefix / max_new_tokens), plus "generations" (list of lists)}.
     """
     import torch
@@ -62,7 +63,7 @@ def evaluate_causal(model, blocks: np.ndarray, *, reference=None, prompts: list[
     ref = CausalRunner(reference, device=device, threads=threads) if reference is not None else None
     if ref is not None:
         check_same_vocabulary(model, reference)
-    nll_sum, kl_sum, agree, count = 0.0, 0.0, 0, 0
+    nll_sum, ref_nll_sum, kl_sum, agree, count = 0.0, 0.0, 0.0, 0, 0
     for start in range(0, len(blocks), batch_size):
         ids = blocks[start:start + batch_size]
         logits, _ = run.forward(ids)
@@ -77,6 +78,7 @@ def evaluate_causal(model, blocks: np.ndarray, *, reference=None, prompts: list[
                 ref_lp = _log_probs(ref.forward(ids)[0])
                 if reference_cache is not None:
                     reference_cache[start] = ref_lp
+            ref_nll_sum += float(-ref_lp.gather(-1, target[..., None]).sum())
             kl_sum += float((ref_lp.exp() * (ref_lp - lp)).sum())
             agree += int((ref_lp.argmax(-1) == lp.argmax(-1)).sum())
         if on_progress:
@@ -85,7 +87,8 @@ def evaluate_causal(model, blocks: np.ndarray, *, reference=None, prompts: list[
     out: dict = {"perplexity": float(np.exp(nll)), "nll": nll, "tokens": int(count), "blocks": int(len(blocks)),
                  "block_size": int(blocks.shape[1])}
     if ref is not None:
-        out.update({"kl": max(kl_sum / count, 0.0), "top1_agreement": agree / count})  # float rounding: -1e-9
+        out.update({"kl": max(kl_sum / count, 0.0), "top1_agreement": agree / count,  # float rounding: -1e-9
+                    "reference_perplexity": float(np.exp(ref_nll_sum / count))})
     if prompts:
         out.update(greedy_agreement(run, prompts, max_new_tokens, reference=ref,
                                     reference_generations=reference_generations))

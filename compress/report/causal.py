@@ -301,6 +301,38 @@ def explanation(results: dict) -> str:
             "KV cache; speedup = teacher decode ms/token / stage decode ms/token. ★ = best stage.")
 
 
+def peer_rows(results: dict) -> tuple[list[str], list[list[str]]]:
+    """Decode speed of each stage against each peer runtime timed in the same rounds (primary shape): the median of
+    per-round ratios with its 95% bootstrap interval, e.g. `1.31x [1.21-1.35]`."""
+    from compress.core.stats import ratio_ci
+
+    shape = results.get("primary") or {}
+
+    def row_of(stage: dict) -> dict | None:
+        return next((r for r in stage.get("latency", []) if r.get("device") == shape.get("device", "cpu")
+                     and r.get("batch_size") == shape.get("batch_size", 1) and r.get("seq_len") == shape.get("seq_len")
+                     and len(r.get("p50_ms_rounds") or []) >= 2), None)
+
+    peers = [(s["name"], row_of(s)) for s in results["stages"] if s.get("is_peer")]
+    peers = [(name, row) for name, row in peers if row]
+    if not peers:
+        return [], []
+    rows = []
+    for st in results["stages"]:
+        mine = None if st.get("is_peer") else row_of(st)
+        if mine is None:
+            continue
+        cells = [st["name"]]
+        for _, peer in peers:
+            if len(peer["p50_ms_rounds"]) != len(mine["p50_ms_rounds"]):
+                cells.append("-")
+                continue
+            median, lo, hi = ratio_ci(peer["p50_ms_rounds"], mine["p50_ms_rounds"])
+            cells.append(f"{median:.2f}x [{lo:.2f}-{hi:.2f}]")
+        rows.append(cells)
+    return ["stage"] + [f"x {name}" for name, _ in peers], rows
+
+
 def domain_rows(results: dict) -> tuple[list[str], list[list[str]]]:
     """Per stage and eval domain: perplexity (Δ% vs the teacher) and bits per byte; a domain some stage was trained
     on is marked (in-domain), the others are out of domain."""

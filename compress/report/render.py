@@ -85,9 +85,11 @@ def pipeline_rows(results: dict) -> list[list[str]]:
              "yes" if p.get("evaluated") else "no"] for p in results.get("pipeline") or []]
 
 
-def _md_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(h.replace("|", "\\|") for h in header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
+def md_table(header: list[str], rows: list[list]) -> str:
+    """A markdown table; a `|` inside a cell (header included) is escaped so the columns stay aligned."""
+    cell = lambda v: str(v).replace("|", "\\|")  # noqa: E731
+    lines = ["| " + " | ".join(cell(h) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
 
 
@@ -113,7 +115,7 @@ def markdown(results: dict, plot_files: list[tuple[str, str]] | None = None) -> 
     out += [f"Accuracy on `{data.get('source')}` split `{data.get('split')}` ({ev.get('examples', '?')} examples); "
             f"agreement = argmax agreement with the teacher; p50 and speedup at {_shape(results)} "
             f"({_threads(env)}); Δ pt versus the teacher. ★ = best stage.", ""]
-    out += ["## Stages", "", _md_table(STAGE_COLUMNS, stage_rows(results)), ""]
+    out += ["## Stages", "", md_table(STAGE_COLUMNS, stage_rows(results)), ""]
     goals = results.get("goals")
     if goals and (goals.get("max_accuracy_drop") is not None or goals.get("min_speedup") is not None):
         out += ["## Goals", ""]
@@ -126,15 +128,15 @@ def markdown(results: dict, plot_files: list[tuple[str, str]] | None = None) -> 
         out += ["", f"Stages meeting every goal: {', '.join(f'`{m}`' for m in met) or 'none'}.", ""]
     if summary.get("comparisons"):
         out += ["## Best stage versus references", "",
-                _md_table(["best", "versus", "speedup", "accuracy Δ pt", "smaller"],
+                md_table(["best", "versus", "speedup", "accuracy Δ pt", "smaller"],
                           [[summary["best"], c["vs"], _num(c["speedup"], "{:.2f}x"), _pt(c["accuracy_drop"]),
                             _num(c["size_ratio"], "{:.1f}x")] for c in summary["comparisons"]]), ""]
-    out += ["## Latency", "", _md_table(["stage", "backend", "device", "batch", "seq", "p50 ms", "p90 ms", "x teacher"],
+    out += ["## Latency", "", md_table(["stage", "backend", "device", "batch", "seq", "p50 ms", "p90 ms", "x teacher"],
                                         latency_rows(results)), ""]
     for file, title in plot_files or []:
         out += [f"![{title}]({file})", ""]
     if results.get("pipeline"):
-        out += ["## Pipeline", "", _md_table(PIPELINE_COLUMNS, pipeline_rows(results)), ""]
+        out += ["## Pipeline", "", md_table(PIPELINE_COLUMNS, pipeline_rows(results)), ""]
     out += ["## Stage details", ""]
     for s in results["stages"]:
         bits = _stage_detail(s)
@@ -210,40 +212,47 @@ def busy_warning(results: dict) -> str | None:
             f"absolute figures are not.")
 
 
+PEER_NOTE = ("Decode tokens/s of the stage over the peer's, timed in the same interleaved rounds: the median of the "
+             "per-round ratios, with a 95% bootstrap interval over rounds.")
+
+
 def _causal_markdown(results: dict, plot_files) -> str:
     summary = results.get("summary") or {}
     out = _md_header(results)
     out += [causal.explanation(results), ""]
-    out += ["## Stages", "", _md_table(causal.STAGE_COLUMNS, causal.stage_rows(results)), ""]
+    out += ["## Stages", "", md_table(causal.STAGE_COLUMNS, causal.stage_rows(results)), ""]
     header, rows = causal.domain_rows(results)
     if rows:
         out += ["## Perplexity by domain", "", f"Per-document perplexity (Δ% vs the teacher) | bits per byte. "
-                f"{causal.domain_notes(results)}.", "", _md_table(header, rows), ""]
+                f"{causal.domain_notes(results)}.", "", md_table(header, rows), ""]
+    header, rows = causal.peer_rows(results)
+    if rows:
+        out += ["## Decode speed versus the peers", "", PEER_NOTE, "", md_table(header, rows), ""]
     header, rows = causal.task_rows(results)
     if rows:
         out += ["## Zero-shot tasks", "", "Accuracy by log-likelihood of the answer choices (the lm-evaluation-harness "
-                "method), with a 95% Wilson interval.", "", _md_table(header, rows), ""]
+                "method), with a 95% Wilson interval.", "", md_table(header, rows), ""]
     lines = causal.goal_lines(results)
     if lines:
         met = [s["name"] for s in results["stages"][1:] if s.get("meets_goals")]
         out += ["## Goals", ""] + [f"- {line}" for line in lines]
         out += ["", f"Stages meeting every goal: {', '.join(f'`{m}`' for m in met) or 'none'}.", ""]
     if summary.get("comparisons"):
-        out += ["## Best stage versus references", "", _md_table(causal.COMPARE_COLUMNS, causal.compare_rows(results)), ""]
+        out += ["## Best stage versus references", "", md_table(causal.COMPARE_COLUMNS, causal.compare_rows(results)), ""]
     recovery = causal.recovery_rows(results)
     if recovery:
         out += ["## Pruning and recovery", "", "Students pruned from the teacher and trained back on the same token "
                 "budget: token-level KD versus plain next-token cross-entropy (CE) where both were run.", "",
-                _md_table(causal.RECOVERY_COLUMNS, recovery), ""]
-    out += ["## Latency and memory", "", _md_table(causal.LATENCY_COLUMNS, causal.latency_rows(results)), ""]
+                md_table(causal.RECOVERY_COLUMNS, recovery), ""]
+    out += ["## Latency and memory", "", md_table(causal.LATENCY_COLUMNS, causal.latency_rows(results)), ""]
     for file, title in plot_files or []:
         out += [f"![{title}]({file})", ""]
     gen = causal.generation_rows(results)
     if gen:
         out += ["## Greedy agreement per prompt", "", "Tokens identical to the teacher's continuation, per prompt:", "",
-                _md_table(["stage", "common prefix per prompt"], gen), ""]
+                md_table(["stage", "common prefix per prompt"], gen), ""]
     if results.get("pipeline"):
-        out += ["## Pipeline", "", _md_table(PIPELINE_COLUMNS, pipeline_rows(results)), ""]
+        out += ["## Pipeline", "", md_table(PIPELINE_COLUMNS, pipeline_rows(results)), ""]
     out += ["## Stage details", ""]
     for s in results["stages"]:
         out += _stage_detail(s) + [f"Path: `{s.get('path')}`", ""]
@@ -300,7 +309,7 @@ def compare_rows(runs: list[dict]) -> list[list[str]]:
 
 def compare_markdown(runs: list[dict], dirs: list[str]) -> str:
     return "\n".join(["# Comparison of runs", "", "Runs: " + ", ".join(f"`{d}`" for d in dirs), "",
-                      _md_table(COMPARE_COLUMNS, compare_rows(runs)), ""])
+                      md_table(COMPARE_COLUMNS, compare_rows(runs)), ""])
 
 
 def compare_table(runs: list[dict]):

@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 
 from compress.report.intervals import number
+from compress.report.render import md_table
 
 
 def pareto(points: list[tuple[float, float]]) -> list[int]:
@@ -225,13 +226,6 @@ def pareto_png(results: dict) -> bytes | None:
     return _png(plt, fig, layout=False)
 
 
-def _md_table(head: list[str], rows: list[list[str]]) -> str:
-    cell = lambda v: str(v).replace("|", "\\|")  # noqa: E731
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 def _sections(results: dict) -> list[tuple[str, str, tuple | None]]:
     """(title, prose, table) in report order; both renderers walk this."""
     s = results["search"]
@@ -285,7 +279,7 @@ def markdown(results: dict, plot: str | None) -> str:
             lines += [f"## {title}", ""]
         lines += [prose, ""]
         if table:
-            lines += [_md_table(*table), ""]
+            lines += [md_table(*table), ""]
         if title == "Trials" and plot:
             lines += [f"![Validation accuracy vs latency, every trial]({plot})", ""]
     return "\n".join(lines)

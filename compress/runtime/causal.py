@@ -29,9 +29,11 @@ class CausalRunner:
         model: a causal LM (`task == "text-generation"`).
         device: "cpu" or "cuda".
         threads: ONNX Runtime intra-op threads (torch threads are set by the caller).
+        profile_dir: ONNX only: run the session with ONNX Runtime's profiler writing there.
     """
 
-    def __init__(self, model: TorchModel | OnnxModel, device: str = "cpu", threads: int | None = None):
+    def __init__(self, model: TorchModel | OnnxModel, device: str = "cpu", threads: int | None = None,
+                 profile_dir=None):
         if not is_causal(model):
             raise CompressError(f"'{model.source}' is a {model.task} model, not a causal language model",
                                 "pass a causal LM (e.g. smollm2, tiny:llama or an exported text-generation folder)")
@@ -42,7 +44,7 @@ class CausalRunner:
         if self.is_onnx:
             from compress.runtime.ort import make_session
 
-            self.session = make_session(model.path, device=device, threads=threads)
+            self.session = make_session(model.path, device=device, threads=threads, profile_dir=profile_dir)
             names = [i.name for i in self.session.get_inputs()]
             self.past_names = [n for n in names if n.startswith("past_key_values.")]
             self.has_position_ids = "position_ids" in names

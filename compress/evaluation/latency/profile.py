@@ -28,11 +28,8 @@ def decode_profile(model: OnnxModel, *, prompt_len: int = 128, steps: int = 32, 
     Returns: {"steps", "prompt_len", "threads", "decode_wall_ms" (per step, profiled), "decode_kernel_ms",
               "decode_ops": [{"op", "ms", "share", "nodes"}] (largest first), "prefill_kernel_ms", "prefill_ops"}.
     """
-    from compress.runtime.ort import make_session
-
     with tempfile.TemporaryDirectory() as tmp:
-        runner = CausalRunner(model, threads=threads)
-        runner.session = make_session(model.path, threads=threads, profile_dir=tmp)
+        runner = CausalRunner(model, threads=threads, profile_dir=tmp)
         vocab = len(model.tokenizer) if model.tokenizer is not None else 1000
         ids = np.random.default_rng(0).integers(min(100, vocab // 2), vocab, (1, prompt_len)).astype(np.int64)
         mask = np.ones((1, prompt_len + steps + 1), np.int64)

@@ -305,11 +305,10 @@ def quantize_verdict(quantized: OnnxModel, fp32: OnnxModel, texts: list[str] | N
     if len(blocks) == 0:
         blocks = pack_blocks(fp32.tokenizer, texts * 8, 32, max_blocks=max_blocks)
     prompts = prompt_ids(fp32.tokenizer, PROMPTS)
-    base = evaluate_causal(fp32, blocks)
     m = evaluate_causal(quantized, blocks, reference=fp32, prompts=prompts, max_new_tokens=new_tokens)
     out = {"text": source, "blocks": int(len(blocks)), "block_size": int(blocks.shape[1]),
-           "perplexity_fp32": base["perplexity"], "perplexity": m["perplexity"],
-           "ppl_increase": m["perplexity"] / base["perplexity"] - 1, "kl": m["kl"],
+           "perplexity_fp32": m["reference_perplexity"], "perplexity": m["perplexity"],
+           "ppl_increase": m["perplexity"] / m["reference_perplexity"] - 1, "kl": m["kl"],
            "top1_agreement": m["top1_agreement"], "greedy_agreement": m["greedy_agreement"],
            "greedy_prompts": m["greedy_prompts"], "greedy_new_tokens": new_tokens,
            "size_fp32_mb": round(fp32.size_bytes() / 1e6, 1), "size_mb": round(quantized.size_bytes() / 1e6, 1)}
