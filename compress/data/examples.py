@@ -295,7 +295,8 @@ def _from_dataset(ds, spec: DataSpec) -> Examples:
     columns = ds.column_names
     for field in (spec.text_field, spec.text_pair_field):
         if field is not None and field not in columns:
-            raise CompressError(f"the data has no field '{field}' (fields: {', '.join(columns)})",
+            # repr: a field name may hold any character (a newline would break the one-line error)
+            raise CompressError(f"the data has no field {field!r} (fields: {', '.join(map(repr, columns))})",
                                 "pass --text-field / --text-pair-field naming one of them")
     origin = getattr(ds, "compress_origin", None) or spec.source
     lines = getattr(ds, "lines", None)
