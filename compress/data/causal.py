@@ -221,6 +221,12 @@ def deduplicate(eval_texts: list[str], train_texts: list[str]) -> tuple[list[str
     return kept, dropped
 
 
+def count_tokens(tokenizer, texts: list[str]) -> int:
+    """Tokens of `texts` encoded one by one without special tokens (separators not counted), 256 at a time."""
+    return sum(len(ids) for start in range(0, len(texts), 256)
+               for ids in tokenizer(texts[start:start + 256], add_special_tokens=False, verbose=False)["input_ids"])
+
+
 def describe_mix(sources: list[TextSource | str], tokenizer, eval_texts: list[str] = ()) -> list[dict]:
     """What each source of a training mix brings once the documents that also occur in an eval set are dropped.
 
@@ -237,8 +243,7 @@ def describe_mix(sources: list[TextSource | str], tokenizer, eval_texts: list[st
     for s in sources:
         src = s if isinstance(s, TextSource) else TextSource(str(s))
         kept, dropped = deduplicate(load_texts(src), list(eval_texts))
-        tokens = sum(len(ids) for start in range(0, len(kept), 256)
-                     for ids in tokenizer(kept[start:start + 256], add_special_tokens=False, verbose=False)["input_ids"])
+        tokens = count_tokens(tokenizer, kept)
         name = src.source + (f" ({src.split})" if src.split else "") + (f" +{src.text_pair_field}" if src.text_pair_field else "")
         rows.append({"name": name, "licence": licence_of(src.source), "documents": len(kept), "dropped": len(dropped),
                      "characters": sum(map(len, kept)), "tokens": tokens})
@@ -329,7 +334,7 @@ def mix_source_texts(src: MixSource) -> list[str]:
     return texts
 
 
-def load_mix(spec: MixSpec | list[MixSource], eval_texts: list[str] = ()):
+def load_mix(spec: MixSpec | list[MixSource], eval_texts: list[str] = (), tokenizer=None):
     """The documents of a training mix, interleaved, with the documents also in an eval set dropped.
 
     Each source is read (`mix_source_texts`), its documents equal to an eval text after `normalise_text` are
@@ -339,9 +344,10 @@ def load_mix(spec: MixSpec | list[MixSource], eval_texts: list[str] = ()):
     Args:
         spec: the mix (a list of sources: seed 0, no limit).
         eval_texts: every document of every eval set; empty when the mix is not deduplicated.
+        tokenizer: when given, each row also counts its tokens in the mix (encoded without special tokens,
+            separators not counted, as `describe_mix`).
     Returns: (Examples holding only `texts`, one row per source: name, source, licence, documents (in the mix),
-        dropped (equal to an eval text), characters (in the mix)). Tokens are counted where the tokenizer is known
-        (`describe_mix`).
+        dropped (equal to an eval text), characters (in the mix), and tokens when a tokenizer was given).
     """
     from compress.data.corpora import licence_of
     from compress.data.examples import Examples
@@ -371,5 +377,7 @@ def load_mix(spec: MixSpec | list[MixSource], eval_texts: list[str] = ()):
         mine = [d for d, o in zip(docs, owner, strict=True) if o == i]
         rows.append({"name": src.name, "source": src.source, "licence": licence_of(src.source),
                      "documents": len(mine), "dropped": dropped[i], "characters": sum(map(len, mine))})
+        if tokenizer is not None:
+            rows[-1]["tokens"] = count_tokens(tokenizer, mine)
     origin = "mix of " + ", ".join(src.source for src in spec.sources)
     return Examples(texts=docs, origin=origin), rows

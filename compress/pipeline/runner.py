@@ -120,10 +120,20 @@ class Runner:
 
     def data_report(self) -> dict:
         """What the run trained on, for results.json: `train_mix` (per mix source: name, licence, documents,
-        dropped, characters), None when data.train is not a mix."""
-        if self.train_mix is None and self.recipe.data.train is not None and self.recipe.data.train.mix is not None:
-            self.examples("train")
+        dropped, characters, tokens by the model's tokenizer), None when data.train is not a mix."""
+        from compress.data.causal import MixSpec, load_mix
+
+        spec = self.recipe.data.spec("train")
+        if not isinstance(spec, MixSpec):
+            return {"train_mix": None}
+        if self.train_mix is None or any("tokens" not in row for row in self.train_mix):
+            avoid = self.eval_texts() if spec.dedup_against_eval else []
+            _, self.train_mix = load_mix(spec, eval_texts=avoid, tokenizer=self.tokenizer())
         return {"train_mix": self.train_mix}
+
+    def tokenizer(self):
+        """The recipe model's tokenizer (loaded with the model: a GGUF or folder has no cheaper way in)."""
+        return self.load(MODEL_REF).tokenizer
 
     def bundle(self):
         from compress.passes.base import DataBundle

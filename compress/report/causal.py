@@ -334,14 +334,15 @@ def peer_rows(results: dict) -> tuple[list[str], list[list[str]]]:
 
 
 def domain_rows(results: dict) -> tuple[list[str], list[list[str]]]:
-    """Per stage and eval domain: perplexity (Δ% vs the teacher) and bits per byte; a domain some stage was trained
-    on is marked (in-domain), the others are out of domain."""
+    """Per stage and eval domain: perplexity (Δ% vs the teacher) and bits per byte. Where the run trained, a domain
+    whose source is in the training data is marked in-domain and every other one out-of-domain."""
     ev = results.get("eval") or {}
     domains = ev.get("domains") or {}
     if not domains:
         return [], []
-    header = ["stage"] + [f"{name}{' (trained on)' if d.get('trained_on') else ''} ppl | bpb"
-                          for name, d in domains.items()]
+    trained = bool((results.get("data") or {}).get("train_mix")) or any(d.get("trained_on") for d in domains.values())
+    header = ["stage"] + [f"{name}{(' (in-domain)' if d.get('trained_on') else ' (out-of-domain)') if trained else ''}"
+                          " ppl | bpb" for name, d in domains.items()]
     teacher = (results["stages"][0].get("metrics") or {}).get("domains") or {}
     rows = []
     for st in results["stages"]:
@@ -356,6 +357,44 @@ def domain_rows(results: dict) -> tuple[list[str], list[list[str]]]:
             cells.append(f"{number(d['perplexity'])}{delta} | {number(d.get('bits_per_byte', 0), '{:.3f}')}")
         rows.append(cells)
     return header, rows
+
+
+TRAIN_MIX_COLUMNS = ["source", "licence", "documents", "dropped (in an eval set)", "characters", "tokens", "share",
+                     "≈ tokens per student"]
+
+
+def train_mix_rows(results: dict) -> list[list[str]]:
+    """The recovery-training mix (results.json `data.train_mix`): per source its licence, documents kept, documents
+    dropped as duplicates of an eval text, characters and tokens; its share of the mix's tokens, and the tokens a
+    student recovered on `budget` tokens sees of it in expectation (the mix is shuffled before packing, so any
+    prefix samples each source in proportion). A total row closes the table."""
+    mix = (results.get("data") or {}).get("train_mix") or []
+    if not mix:
+        return []
+    budgets = [r.get("tokens_seen") or r.get("token_budget") or 0 for r in _recoveries(results)]
+    budget = max(budgets, default=0)
+    total = sum(r.get("tokens") or 0 for r in mix)
+    rows = []
+    for r in mix + [{"name": "total", "documents": sum(r["documents"] for r in mix),
+                     "dropped": sum(r["dropped"] for r in mix), "characters": sum(r["characters"] for r in mix),
+                     "tokens": total if total else None}]:
+        tokens = r.get("tokens")
+        rows.append([r["name"], r.get("licence", ""), f"{r['documents']:,}",
+                     f"{r['dropped']:,}", f"{r['characters']:,}", "-" if tokens is None else f"{tokens:,}",
+                     f"{100 * tokens / total:.1f}%" if tokens is not None and total else "-",
+                     f"{round(tokens * budget / total):,}" if tokens is not None and total and budget else "-"])
+    return rows
+
+
+def _recoveries(results: dict) -> list[dict]:
+    """The recovery-training records of the run's stages (a pruning pass's `recovery`, or a `distill` stage)."""
+    out = []
+    for step in results.get("pipeline") or []:
+        m = step.get("pass_metrics") or {}
+        rec = m.get("recovery") or (m if step.get("pass") == "distill" and m.get("objective") else None)
+        if rec:
+            out.append(rec)
+    return out
 
 
 def domain_notes(results: dict) -> str:

@@ -186,6 +186,11 @@ def _causal_html(results: dict, plots: list[tuple[str, str, bytes]]) -> str:
         parts.append(f'<p class="small">Per-document perplexity (Δ% vs the teacher) | bits per byte. '
                      f"{_md_inline(causal.domain_notes(results))}.</p>")
         parts.append(_table(header, rows))
+    mix = causal.train_mix_rows(results)
+    if mix:
+        parts.append("<h2>Recovery data</h2>")
+        parts.append(f'<p class="small">{_md_inline(render.TRAIN_MIX_NOTE)}</p>')
+        parts.append(_table(causal.TRAIN_MIX_COLUMNS, mix))
     header, rows = causal.peer_rows(results)
     if rows:
         parts.append("<h2>Decode speed versus the peers</h2>")

@@ -212,6 +212,9 @@ def busy_warning(results: dict) -> str | None:
             f"absolute figures are not.")
 
 
+TRAIN_MIX_NOTE = ("What the students were recovered on: every source of the training mix after the documents equal to an "
+                  "eval text were dropped; tokens by the model's tokenizer (separators not counted). The mix is "
+                  "shuffled before packing, so a student that sees part of it sees each source in proportion.")
 PEER_NOTE = ("Decode tokens/s of the stage over the peer's, timed in the same interleaved rounds: the median of the "
              "per-round ratios, with a 95% bootstrap interval over rounds.")
 
@@ -225,6 +228,9 @@ def _causal_markdown(results: dict, plot_files) -> str:
     if rows:
         out += ["## Perplexity by domain", "", f"Per-document perplexity (Δ% vs the teacher) | bits per byte. "
                 f"{causal.domain_notes(results)}.", "", md_table(header, rows), ""]
+    mix = causal.train_mix_rows(results)
+    if mix:
+        out += ["## Recovery data", "", TRAIN_MIX_NOTE, "", md_table(causal.TRAIN_MIX_COLUMNS, mix), ""]
     header, rows = causal.peer_rows(results)
     if rows:
         out += ["## Decode speed versus the peers", "", PEER_NOTE, "", md_table(header, rows), ""]

@@ -58,3 +58,13 @@ def test_run_recovers_a_pruned_student_on_a_mix(cli, tmp_path, monkeypatch):
     domain = results["stages"][1]["metrics"]["domains"]["held"]
     assert domain["dropped_duplicates"] == 0  # the mix holds no eval document
     assert domain["trained_on"]  # its folder is a mix source (the flag compares sources, as for a plain train split)
+    # tokens per source by the model's tokenizer, and the report's recovery-data table with the domain marked
+    from compress.models.load import load_model
+
+    tokenizer = load_model("tiny:llama").tokenizer
+    assert mix["notes.jsonl"]["tokens"] == sum(len(tokenizer(t, add_special_tokens=False)["input_ids"])
+                                               for t in ["A note."] * 3)
+    assert all(row["tokens"] > 0 for row in mix.values())
+    md = (tmp_path / "reports" / "mix" / "report.md").read_text()
+    assert "## Recovery data" in md and "held (in-domain) ppl" in md
+    assert "Recovery data" in (tmp_path / "reports" / "mix" / "report.html").read_text()

@@ -51,3 +51,18 @@ def test_html_renders_every_plot_in_chromium(results, tmp_path):
     check = check_html(written.html, tmp_path / "shot.png")
     assert check["images"] == 4 and check["images_ok"] == 4  # every embedded PNG decoded
     assert check["pixel_std"] > 0.05  # not a blank page
+
+
+def test_train_mix_table_gives_shares_and_the_expected_tokens_per_student():
+    from compress.report import causal
+
+    results = {"data": {"train_mix": [
+        {"name": "corpus:kjv", "licence": "public domain", "documents": 10, "dropped": 0, "characters": 400, "tokens": 300},
+        {"name": "rte (train)", "licence": "GLUE", "documents": 5, "dropped": 2, "characters": 100, "tokens": 100}]},
+        "pipeline": [{"name": "kd", "pass": "distill", "pass_metrics": {"objective": "kd", "tokens_seen": 200}},
+                     {"name": "w", "pass": "prune_structured", "pass_metrics": {"recovery": {"token_budget": 100}}}]}
+    rows = causal.train_mix_rows(results)
+    assert [r[0] for r in rows] == ["corpus:kjv", "rte (train)", "total"]
+    assert rows[0][5:] == ["300", "75.0%", "150"] and rows[1][5:] == ["100", "25.0%", "50"]  # of the largest budget
+    assert rows[2][2:6] == ["15", "2", "500", "400"]
+    assert causal.train_mix_rows({"data": {"train_mix": None}}) == []
