@@ -198,9 +198,13 @@ class Goals(_Strict):
                                             "versus the teacher, as a fraction (0.01 = 1 point).")
     max_perplexity_increase: float | None = Field(None, ge=0, description="Causal LMs: largest accepted relative "
                                                   "perplexity increase versus the teacher (0.03 = +3%).")
+    max_task_drop: float | None = Field(None, ge=0, le=1, description="Causal LMs: largest accepted drop in "
+                                        "zero-shot accuracy versus the teacher on each of eval.tasks, as a fraction "
+                                        "(0.02 = 2 points).")
     min_speedup: float | None = Field(None, gt=0, description="Smallest accepted speedup (reference p50 / stage "
                                       "p50 at the primary shape).")
-    speedup_vs: str = Field(TEACHER_REF, description="Stage whose latency is the speedup reference (default: the teacher).")
+    speedup_vs: str = Field(TEACHER_REF, description="Stage or peer (eval.peers name) whose latency is the speedup "
+                            "reference (default: the teacher).")
 
 
 class SearchFidelity(_Strict):
@@ -421,8 +425,11 @@ def plan(recipe: Recipe) -> list[PlanStep]:
     for key in recipe.baselines:
         if key not in names:
             raise ValueError(f"baselines: '{key}' is not a stage; name one of: {', '.join(names)}")
-    if recipe.goals is not None and recipe.goals.speedup_vs not in names + [TEACHER_REF]:
-        raise ValueError(f"goals.speedup_vs: '{recipe.goals.speedup_vs}' is not a stage")
+    peers = [p.name for p in recipe.eval.peers]
+    if recipe.goals is not None and recipe.goals.speedup_vs not in names + peers + [TEACHER_REF]:
+        raise ValueError(f"goals.speedup_vs: '{recipe.goals.speedup_vs}' is not a stage or a peer")
+    if recipe.goals is not None and recipe.goals.max_task_drop is not None and not recipe.eval.tasks:
+        raise ValueError("goals.max_task_drop: eval.tasks names no zero-shot task; add one (e.g. [sst2, rte])")
     if teacher_stage is not None and kinds[teacher_stage] != "torch":
         raise ValueError(f"teacher: stage '{teacher_stage}' makes an ONNX model; the teacher must be PyTorch")
     return steps

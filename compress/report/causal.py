@@ -48,9 +48,20 @@ def build(results: dict) -> dict:
     ref = by_name.get(goals.get("speedup_vs") or "teacher", teacher)
     ref_row = _row(ref, dev, b, s)
     t_ppl = teacher.get("perplexity")
+    t_domains = (teacher.get("metrics") or {}).get("domains") or {}
+    t_tasks = (teacher.get("metrics") or {}).get("tasks") or {}
     for st in stages:
         ppl = st.get("perplexity")
         st["ppl_increase"] = None if ppl is None or not t_ppl else round(ppl / t_ppl - 1, 6)
+        # every eval domain, and the worst of them: the perplexity goal holds on each domain, not only the first
+        mine = (st.get("metrics") or {}).get("domains") or {}
+        st["ppl_increase_domains"] = {n: round(d["perplexity"] / t_domains[n]["perplexity"] - 1, 6)
+                                      for n, d in mine.items()
+                                      if d.get("perplexity") and (t_domains.get(n) or {}).get("perplexity")}
+        st["ppl_increase_worst"] = max(st["ppl_increase_domains"].values(), default=st["ppl_increase"])
+        tasks = (st.get("metrics") or {}).get("tasks") or {}
+        st["task_drops"] = {n: round(t_tasks[n]["accuracy"] - r["accuracy"], 6) for n, r in tasks.items()
+                            if r.get("accuracy") is not None and (t_tasks.get(n) or {}).get("accuracy") is not None}
         st["accuracy"], st["accuracy_drop"] = None, None  # not a classifier: the report reads perplexity
         row = _row(st, dev, b, s)
         st["p50_ms"] = row["p50_ms"] if row else None
@@ -71,8 +82,11 @@ def build(results: dict) -> dict:
         verdicts = {}
         if st is not teacher:
             if goals.get("max_perplexity_increase") is not None:
-                verdicts["perplexity"] = (None if st["ppl_increase"] is None
-                                          else st["ppl_increase"] <= goals["max_perplexity_increase"] + 1e-12)
+                verdicts["perplexity"] = (None if st["ppl_increase_worst"] is None
+                                          else st["ppl_increase_worst"] <= goals["max_perplexity_increase"] + 1e-12)
+            if goals.get("max_task_drop") is not None:
+                verdicts["tasks"] = (None if not st["task_drops"] or len(st["task_drops"]) < len(t_tasks) else
+                                     max(st["task_drops"].values()) <= goals["max_task_drop"] + 1e-12)
             if goals.get("min_speedup") is not None:
                 verdicts["speedup"] = None if st["speedup"] is None else st["speedup"] >= goals["min_speedup"]
         st["uncertain"] = crosses(st.get("speedup_ci95"), goals.get("min_speedup")) if st is not teacher else []
@@ -287,7 +301,8 @@ def explanation(results: dict) -> str:
                 f"through the chat template). Decode tok/s, TTFT and speedup at {shape.get('device')} batch "
                 f"{shape.get('batch_size')}, prompt {shape.get('seq_len')}, {env.get('threads')} threads, medians over "
                 "interleaved rounds with their 95% interval in brackets: a prefill of the prompt, then greedy tokens "
-                "with the KV cache; speedup = teacher decode ms/token / stage decode ms/token. ★ = best stage.")
+                f"with the KV cache; speedup = `{(results.get('goals') or {}).get('speedup_vs') or 'teacher'}` "
+                "decode ms/token / stage decode ms/token. ★ = best stage.")
     return ("**Measured under the old protocol** (issue 23): texts packed into blocks joined with the tokenizer's EOS, "
             "which the GGUF conversion had set to `<|im_start|>` (a chat-role opener the teacher pays ~10 nats for), "
             "timings as p50 of a few samples with no interval, and peak memory inherited from the parent process; "
@@ -397,6 +412,31 @@ def _recoveries(results: dict) -> list[dict]:
     return out
 
 
+FRONTIER_COLUMNS = ["stage", "worst domain Δ ppl %", "Δ ppl % per domain", "largest task drop (points)",
+                    "decode tok/s", "speedup"]
+
+
+def frontier_rows(results: dict) -> list[list[str]]:
+    """The quality/speed frontier over the run's own stages (peers and the teacher left out): each stage that no
+    other stage beats on both decode speed and worst-domain perplexity increase, fastest first, so each row is the
+    best speed at its quality level. Speedup is against `goals.speedup_vs` (default the teacher)."""
+    pool = [s for s in results["stages"][1:] if not s.get("is_peer") and s.get("decode_tokens_per_s")
+            and s.get("ppl_increase_worst") is not None]
+    front = [s for s in pool if not any(o is not s and o["decode_tokens_per_s"] >= s["decode_tokens_per_s"]
+                                        and o["ppl_increase_worst"] <= s["ppl_increase_worst"]
+                                        and (o["decode_tokens_per_s"], -o["ppl_increase_worst"])
+                                        != (s["decode_tokens_per_s"], -s["ppl_increase_worst"]) for o in pool)]
+    rows = []
+    for s in sorted(front, key=lambda s: -s["decode_tokens_per_s"]):
+        drops = s.get("task_drops") or {}
+        rows.append([s["name"], _f(100 * s["ppl_increase_worst"], "{:+.1f}"),
+                     ", ".join(f"{n} {number(100 * v, '{:+.1f}')}" for n, v in (s.get("ppl_increase_domains") or {}).items()) or "-",
+                     _f(100 * max(drops.values()), "{:+.1f}") if drops else "-",
+                     with_ci(s["decode_tokens_per_s"], s.get("decode_tokens_per_s_ci95"), "{:.1f}"),
+                     with_ci(s.get("speedup"), s.get("speedup_ci95"), "{:.2f}", "x")])
+    return rows
+
+
 def domain_notes(results: dict) -> str:
     """Documents scored per domain and the duplicates of the training text that were dropped."""
     domains = (results.get("eval") or {}).get("domains") or {}
@@ -429,7 +469,11 @@ def goal_lines(results: dict) -> list[str]:
     goals = results.get("goals") or {}
     lines = []
     if goals.get("max_perplexity_increase") is not None:
-        lines.append(f"perplexity at most {100 * goals['max_perplexity_increase']:.1f}% above the teacher")
+        where = " on every eval domain" if (results.get("eval") or {}).get("domains") else ""
+        lines.append(f"perplexity at most {100 * goals['max_perplexity_increase']:.1f}% above the teacher{where}")
+    if goals.get("max_task_drop") is not None:
+        lines.append(f"zero-shot accuracy at most {100 * goals['max_task_drop']:.1f} points below the teacher's on "
+                     "each task")
     if goals.get("min_speedup") is not None:
         lines.append(f"decode at least {goals['min_speedup']:.2f}x as fast as `{goals.get('speedup_vs', 'teacher')}`")
     return lines

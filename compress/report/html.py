@@ -211,6 +211,11 @@ def _causal_html(results: dict, plots: list[tuple[str, str, bytes]]) -> str:
         parts.append("<h2>Goals</h2><ul>" + "".join(f"<li>{_md_inline(i)}</li>" for i in lines) + "</ul>"
                      f"<p>Stages meeting every goal: {html.escape(', '.join(met) or 'none')}.</p>")
     parts += _figures(plots)
+    frontier = causal.frontier_rows(results)
+    if frontier and results.get("goals"):
+        parts.append("<h2>Frontier</h2>")
+        parts.append(f'<p class="small">{_md_inline(render.FRONTIER_NOTE)}</p>')
+        parts.append(_table(causal.FRONTIER_COLUMNS, frontier))
     recovery = causal.recovery_rows(results)
     if recovery:
         parts.append("<h2>Pruning and recovery</h2>")

@@ -215,6 +215,9 @@ def busy_warning(results: dict) -> str | None:
 TRAIN_MIX_NOTE = ("What the students were recovered on: every source of the training mix after the documents equal to an "
                   "eval text were dropped; tokens by the model's tokenizer (separators not counted). The mix is "
                   "shuffled before packing, so a student that sees part of it sees each source in proportion.")
+FRONTIER_NOTE = ("The best decode speed at each quality level: every stage of this run that no other stage beats on "
+                 "both decode speed and its worst per-domain perplexity increase, fastest first (task drop: teacher "
+                 "accuracy minus the stage's, in points).")
 PEER_NOTE = ("Decode tokens/s of the stage over the peer's, timed in the same interleaved rounds: the median of the "
              "per-round ratios, with a 95% bootstrap interval over rounds.")
 
@@ -245,6 +248,9 @@ def _causal_markdown(results: dict, plot_files) -> str:
         out += ["", f"Stages meeting every goal: {', '.join(f'`{m}`' for m in met) or 'none'}.", ""]
     if summary.get("comparisons"):
         out += ["## Best stage versus references", "", md_table(causal.COMPARE_COLUMNS, causal.compare_rows(results)), ""]
+    frontier = causal.frontier_rows(results)
+    if frontier and results.get("goals"):
+        out += ["## Frontier", "", FRONTIER_NOTE, "", md_table(causal.FRONTIER_COLUMNS, frontier), ""]
     recovery = causal.recovery_rows(results)
     if recovery:
         out += ["## Pruning and recovery", "", "Students pruned from the teacher and trained back on the same token "
