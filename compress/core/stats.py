@@ -1,4 +1,5 @@
-"""Statistics shared by the bench and the report: distribution-free intervals of a median over rounds, paired ratios."""
+"""Statistics shared by the bench and the report: distribution-free intervals of a median over rounds, paired ratios,
+paired accuracy differences."""
 
 from __future__ import annotations
 
@@ -78,3 +79,31 @@ def ratio_ci(numerator_rounds: Sequence[float], denominator_rounds: Sequence[flo
     alpha = 1.0 - confidence
     lo, hi = np.quantile(medians, [alpha / 2, 1 - alpha / 2])
     return ratio, float(lo), float(hi)
+
+
+EXAMPLE_RESAMPLES = 2000  # bootstrap resamples of the examples of a task
+
+
+def paired_difference_ci(reference_correct: Sequence[int], stage_correct: Sequence[int],
+                         confidence: float = 0.95) -> tuple[float, float, float]:
+    """Accuracy drop of a model against a reference scored on the same examples, with its interval (paired by example).
+
+    Two models that answer most examples alike differ far less than two independent accuracies' intervals suggest:
+    the interval resamples examples (the same picks for both; percentile bootstrap, fixed seed).
+
+    Args:
+        reference_correct: 1/0 per example for the reference (e.g. the teacher).
+        stage_correct: 1/0 per example for the model compared, same examples in the same order.
+        confidence: coverage of the interval.
+
+    Returns: (drop, lo, hi) as fractions: reference accuracy minus model accuracy (positive = the model is worse).
+    """
+    ref, mine = np.asarray(reference_correct, dtype=float), np.asarray(stage_correct, dtype=float)
+    if len(ref) != len(mine) or len(ref) == 0:
+        raise ValueError(f"paired_difference_ci needs the same examples on both sides (got {len(ref)} and {len(mine)})")
+    diff = ref - mine
+    rng = np.random.default_rng(SEED)
+    means = diff[rng.integers(0, len(diff), (EXAMPLE_RESAMPLES, len(diff)))].mean(axis=1)
+    alpha = 1.0 - confidence
+    lo, hi = np.quantile(means, [alpha / 2, 1 - alpha / 2])
+    return float(diff.mean()), float(lo), float(hi)

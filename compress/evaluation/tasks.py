@@ -248,7 +248,7 @@ def zero_shot(model, task: str | ZeroShotTask, *, data_root: str | Path = DEFAUL
     Returns: {"task", "source", "prompt_origin", "examples", "accuracy", "accuracy_norm", "ci95": {"accuracy": [lo, hi],
               "accuracy_norm": [lo, hi]} (Wilson), "majority": the share of the most common gold choice,
               "per_choice": {choice: {"gold", "predicted", "predicted_norm", "correct", "correct_norm"}},
-              "method"}.
+              "correct": 1/0 per example in order (for paired comparisons between models), "method"}.
     """
     spec = get_task(task)
     if getattr(model, "tokenizer", None) is None:
@@ -270,7 +270,7 @@ def zero_shot(model, task: str | ZeroShotTask, *, data_root: str | Path = DEFAUL
             "accuracy": correct / n, "accuracy_norm": correct_norm / n,
             "ci95": {"accuracy": list(wilson_interval(correct, n)), "accuracy_norm": list(wilson_interval(correct_norm, n))},
             "majority": max(v["gold"] for v in per_choice.values()) / n, "per_choice": per_choice,
-            "method": "lm-eval multiple_choice log-likelihood, zero-shot, raw prompt"}
+            "correct": (pred == gold).astype(int).tolist(), "method": "lm-eval multiple_choice log-likelihood, zero-shot, raw prompt"}
 
 
 # --- lm-eval itself (optional: pip install 'compress[eval]') -------------------------------------------------

@@ -62,6 +62,7 @@ def build(results: dict) -> dict:
         tasks = (st.get("metrics") or {}).get("tasks") or {}
         st["task_drops"] = {n: round(t_tasks[n]["accuracy"] - r["accuracy"], 6) for n, r in tasks.items()
                             if r.get("accuracy") is not None and (t_tasks.get(n) or {}).get("accuracy") is not None}
+        st["task_drops_ci95"] = _task_drop_intervals(t_tasks, tasks) if st is not teacher else {}
         st["accuracy"], st["accuracy_drop"] = None, None  # not a classifier: the report reads perplexity
         row = _row(st, dev, b, s)
         st["p50_ms"] = row["p50_ms"] if row else None
@@ -90,6 +91,9 @@ def build(results: dict) -> dict:
             if goals.get("min_speedup") is not None:
                 verdicts["speedup"] = None if st["speedup"] is None else st["speedup"] >= goals["min_speedup"]
         st["uncertain"] = crosses(st.get("speedup_ci95"), goals.get("min_speedup")) if st is not teacher else []
+        if st is not teacher and goals.get("max_task_drop") is not None and any(
+                lo <= goals["max_task_drop"] < hi for lo, hi in st["task_drops_ci95"].values()):
+            st["uncertain"] = st["uncertain"] + ["tasks"]
         st["verdicts"] = verdicts
         st["meets_goals"] = all(v is True for v in verdicts.values()) if verdicts else None
     _same_precision(stages, dev, b, s)
@@ -97,6 +101,20 @@ def build(results: dict) -> dict:
     for st, flag in zip(timed, _pareto([(st["decode_tokens_per_s"], st["perplexity"]) for st in timed]), strict=True):
         st["pareto"] = flag
     out["summary"] = summarize(out)
+    return out
+
+
+def _task_drop_intervals(teacher_tasks: dict, tasks: dict) -> dict[str, list[float]]:
+    """Per task, the 95% interval of the teacher-minus-stage accuracy, paired by example (`paired_difference_ci`);
+    only where both kept their per-example answers (evaluations cached before they did have none)."""
+    from compress.core.stats import paired_difference_ci
+
+    out = {}
+    for name, r in tasks.items():
+        ref = (teacher_tasks.get(name) or {}).get("correct")
+        if ref and r.get("correct") and len(ref) == len(r["correct"]):
+            _, lo, hi = paired_difference_ci(ref, r["correct"])
+            out[name] = [round(lo, 6), round(hi, 6)]
     return out
 
 
@@ -412,7 +430,7 @@ def _recoveries(results: dict) -> list[dict]:
     return out
 
 
-FRONTIER_COLUMNS = ["stage", "worst domain Δ ppl %", "Δ ppl % per domain", "largest task drop (points)",
+FRONTIER_COLUMNS = ["stage", "worst domain Δ ppl %", "Δ ppl % per domain", "largest task drop, points [95% CI]",
                     "decode tok/s", "speedup"]
 
 
@@ -431,10 +449,21 @@ def frontier_rows(results: dict) -> list[list[str]]:
         drops = s.get("task_drops") or {}
         rows.append([s["name"], _f(100 * s["ppl_increase_worst"], "{:+.1f}"),
                      ", ".join(f"{n} {number(100 * v, '{:+.1f}')}" for n, v in (s.get("ppl_increase_domains") or {}).items()) or "-",
-                     _f(100 * max(drops.values()), "{:+.1f}") if drops else "-",
+                     _largest_drop(s),
                      with_ci(s["decode_tokens_per_s"], s.get("decode_tokens_per_s_ci95"), "{:.1f}"),
                      with_ci(s.get("speedup"), s.get("speedup_ci95"), "{:.2f}", "x")])
     return rows
+
+
+def _largest_drop(stage: dict) -> str:
+    """`sst2 +3.2 [-1.1-7.6]`: the task with the largest zero-shot drop (points) and its paired interval."""
+    drops = stage.get("task_drops") or {}
+    if not drops:
+        return "-"
+    name = max(drops, key=drops.get)
+    ci = (stage.get("task_drops_ci95") or {}).get(name)
+    text = f"{name} {number(100 * drops[name], '{:+.1f}')}"
+    return text + (f" [{number(100 * ci[0], '{:+.1f}')}, {number(100 * ci[1], '{:+.1f}')}]" if ci else "")
 
 
 def domain_notes(results: dict) -> str:

@@ -109,6 +109,7 @@ def test_planted_task_gives_accuracy_one(tmp_path):
     m = zero_shot(model, task, data_root=tmp_path, batch_size=4)
     # assert: every answer is the planted one, and the interval is Wilson's for 6 of 6
     assert m["examples"] == 6 and m["accuracy"] == 1.0 and m["accuracy_norm"] == 1.0
+    assert m["correct"] == [1] * 6  # per example, in order: what paired comparisons between models read
     assert m["per_choice"]["yes"] == {"gold": 6, "predicted": 6, "predicted_norm": 6, "correct": 6, "correct_norm": 6}
     assert m["ci95"]["accuracy"][0] == pytest.approx(0.6097, abs=1e-4)
     # the same model on flipped labels: never right, so the label mapping is read, not assumed

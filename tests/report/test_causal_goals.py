@@ -56,7 +56,7 @@ def test_best_stage_meets_every_goal_and_the_frontier_is_fastest_first(results):
     rows = causal.frontier_rows(built)
     # each faster stage is worse on its worst domain: all four are on the front (tasks do not rank it)
     assert [r[0] for r in rows] == ["narrow", "task-drop", "good", "slow"]
-    assert rows[0][1] == "+20.0" and rows[2][3] == "+1.0"
+    assert rows[0][1] == "+20.0" and rows[2][3] == "sst2 +1.0"
     built["stages"][2]["decode_tokens_per_s"] = 140  # now slower than `good` and worse: off the front
     assert [r[0] for r in causal.frontier_rows(built)] == ["narrow", "good", "slow"]
     md = render.markdown(built)
@@ -74,3 +74,29 @@ def test_speedup_vs_may_name_a_peer_and_task_budget_needs_tasks():
         plan(Recipe(**base, eval=peer, goals={"min_speedup": 1.5, "speedup_vs": "q4"}))
     with pytest.raises(ValueError, match="eval.tasks"):
         plan(Recipe(**base, goals={"max_task_drop": 0.02}))
+
+
+def test_task_drop_gets_a_paired_interval_and_a_goal_inside_it_is_marked(results):
+    # the teacher right on 60 of 100 examples; `good` answers the same but misses 3 of those: drop 3 points
+    teacher_correct = [1] * 60 + [0] * 40
+    stage_correct = [1] * 57 + [0] * 43
+    for st, correct in ((results["stages"][0], teacher_correct), (results["stages"][3], stage_correct)):
+        st["metrics"]["tasks"] = {"sst2": {"accuracy": sum(correct) / 100, "correct": correct}}
+    built = {s["name"]: s for s in causal.build(results)["stages"]}
+    lo, hi = built["good"]["task_drops_ci95"]["sst2"]
+    # paired: the drop can only be 0..3 misses per resample, far tighter than two independent Wilson intervals
+    assert 0 <= lo < 0.02 < hi <= 0.07
+    assert built["good"]["verdicts"]["tasks"] is False and "tasks" in built["good"]["uncertain"]
+    from compress.report.intervals import verdict
+
+    assert "tasks MISS (CI crosses goal)" in verdict(built["good"])
+
+
+def test_paired_difference_ci_is_exact_for_identical_answers():
+    from compress.core.stats import paired_difference_ci
+
+    assert paired_difference_ci([1, 0, 1, 1], [1, 0, 1, 1]) == (0.0, 0.0, 0.0)
+    drop, lo, hi = paired_difference_ci([1] * 50 + [0] * 50, [0] * 50 + [1] * 50)
+    assert drop == 0.0 and lo < -0.1 and hi > 0.1  # same accuracy, disagreeing everywhere: wide
+    with pytest.raises(ValueError, match="same examples"):
+        paired_difference_ci([1, 0], [1])
