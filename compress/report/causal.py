@@ -446,7 +446,6 @@ def frontier_rows(results: dict) -> list[list[str]]:
                                         != (s["decode_tokens_per_s"], -s["ppl_increase_worst"]) for o in pool)]
     rows = []
     for s in sorted(front, key=lambda s: -s["decode_tokens_per_s"]):
-        drops = s.get("task_drops") or {}
         rows.append([s["name"], _f(100 * s["ppl_increase_worst"], "{:+.1f}"),
                      ", ".join(f"{n} {number(100 * v, '{:+.1f}')}" for n, v in (s.get("ppl_increase_domains") or {}).items()) or "-",
                      _largest_drop(s),
