@@ -272,10 +272,20 @@ def recovery_rows(results: dict) -> list[list[str]]:
                      else "CE (next token)")
         stage = evals.get(name) or {}
         rows.append([name, pruned, f"{stage.get('params') or m.get('params_after') or 0:,}", objective, rec.get("teacher_logits") or "-",
-                     _tokens_seen(rec), _f(rec.get("seconds"), "{:.0f}"), _f(rec.get("tokens_per_s"), "{:.0f}"),
+                     _tokens_seen(rec), _train_seconds(rec), _f(rec.get("tokens_per_s"), "{:.0f}"),
                      _f(rec.get("heldout_perplexity_before"), "{:.2f}"), _f(rec.get("heldout_perplexity_after"), "{:.2f}"),
                      _f(stage.get("perplexity"), "{:.3f}")])
     return rows
+
+
+def _train_seconds(rec: dict) -> str:
+    """Wall time of the whole training; a run resumed from a checkpoint that did not record its time gives the
+    last segment's, with the steps it covers."""
+    if rec.get("seconds_total") is not None:
+        return _f(rec["seconds_total"], "{:.0f}")
+    if rec.get("resumed_from_step"):
+        return f"{_f(rec.get('seconds'), '{:.0f}')} (steps {rec['resumed_from_step']}-{rec.get('steps', '?')})"
+    return _f(rec.get("seconds"), "{:.0f}")
 
 
 def _tokens_seen(rec: dict) -> str:

@@ -206,7 +206,9 @@ def fit(model: TorchModel, objective, train, cfg: TrainConfig, workdir: Path, *,
     optimizer = torch.optim.AdamW(_param_groups(objective, cfg.weight_decay), lr=cfg.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: (s + 1) / (warmup + 1) if s < warmup else max(0.0, (total_steps - s) / max(1, total_steps - warmup)))
-    state = {"step": 0, "history": {"train_loss": [], "epoch_loss": [], "eval": []}, "best": None, "stale": 0}
+    # elapsed: training seconds before this process (checkpoints carry it; None after resuming from one that did not)
+    state = {"step": 0, "history": {"train_loss": [], "epoch_loss": [], "eval": []}, "best": None, "stale": 0,
+             "elapsed": 0.0}
     resumed = _maybe_resume(workdir, cfg, objective, optimizer, scheduler, state)
     # The scheduler is stepped by hand: Accelerate's wrapper would step it once per process.
     wrapped, optimizer = accelerator.prepare(objective, optimizer)
@@ -216,6 +218,7 @@ def fit(model: TorchModel, objective, train, cfg: TrainConfig, workdir: Path, *,
         callback({"event": "start", "total_steps": total_steps, "step": state["step"], "epochs": epochs,
                   "world_size": world, "resumed_from_step": resumed})
     start, seen, tokens, stop = time.perf_counter(), 0, 0, False
+    state["started"] = start
     batcher = batcher or (lambda index: make_batch(model, train, index, cfg.max_length))
     for epoch in range(state["step"] // steps_per_epoch, epochs):
         plan = batch_plan(train, cfg.batch_size, cfg.seed, epoch)[rank::world][:steps_per_epoch]
@@ -268,7 +271,10 @@ def fit(model: TorchModel, objective, train, cfg: TrainConfig, workdir: Path, *,
         "best_epoch": state["best"]["epoch"] if state["best"] else None,
         "best_eval_accuracy": state["best"].get("accuracy") if state["best"] else None,
         "best_eval_score": state["best"]["score"] if state["best"] else None,
-        "seconds": round(seconds, 2), "examples_per_s": round(seen / seconds, 2) if seconds > 0 else None,
+        "seconds": round(seconds, 2),  # this process; with seconds_total (all segments of a resumed run, None
+        # when a checkpoint did not record its time) the wall time of the whole training
+        "seconds_total": None if state["elapsed"] is None else round(state["elapsed"] + seconds, 2),
+        "examples_per_s": round(seen / seconds, 2) if seconds > 0 else None,
         "tokens": tokens, "tokens_per_s": round(tokens / seconds, 1) if seconds > 0 and tokens else None,
         "mixed_precision": accelerator.mixed_precision,
     }
@@ -342,6 +348,7 @@ def _save_checkpoint(accelerator, workdir, cfg, objective, optimizer, scheduler,
             "step": state["step"], "objective": objective.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "history": state["history"], "best": state["best"],
             "stale": state["stale"], "rng": torch.get_rng_state(), "config": cfg.model_dump(mode="json"),
+            "elapsed": None if state["elapsed"] is None else state["elapsed"] + time.perf_counter() - state["started"],
         }, workdir / CHECKPOINT_FILE)
     accelerator.wait_for_everyone()
 
@@ -364,7 +371,8 @@ def _maybe_resume(workdir, cfg, objective, optimizer, scheduler, state) -> int |
     optimizer.load_state_dict(ckpt["optimizer"])
     scheduler.load_state_dict(ckpt["scheduler"])
     torch.set_rng_state(ckpt["rng"])
-    state.update(step=ckpt["step"], history=ckpt["history"], best=ckpt["best"], stale=ckpt["stale"])
+    state.update(step=ckpt["step"], history=ckpt["history"], best=ckpt["best"], stale=ckpt["stale"],
+                 elapsed=ckpt.get("elapsed"))
     return ckpt["step"]
 
 

@@ -95,6 +95,9 @@ def test_resume_continues_from_the_saved_step(tmp_path, digits):
     with pytest.raises(KeyboardInterrupt):
         run_finetune(_mlp(), digits, cfg, tmp_path / "cut", callback=interrupt)
     assert (tmp_path / "cut" / CHECKPOINT_FILE).exists()
+    import torch
+
+    assert torch.load(tmp_path / "cut" / CHECKPOINT_FILE, weights_only=False)["elapsed"] > 0
 
     # execute
     resumed = _mlp()
@@ -104,6 +107,8 @@ def test_resume_continues_from_the_saved_step(tmp_path, digits):
     # assert: it restarted at step 3, ran steps 4..6 only, and ended where the uninterrupted run ended
     assert metrics["resumed_from_step"] == 3 and metrics["steps"] == 6
     assert [e["step"] for e in events if e["event"] == "step"] == [4, 5, 6]
+    # the wall time counts the steps before the checkpoint too (the checkpoint carries them)
+    assert metrics["seconds_total"] >= metrics["seconds"] > 0
     assert _same(_weights(resumed), _weights(full))
     assert not (tmp_path / "cut" / CHECKPOINT_FILE).exists()  # a finished run cleans up
 
