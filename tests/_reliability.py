@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -44,5 +45,8 @@ def compress(*args, timeout: float = 300, **kwargs) -> subprocess.CompletedProce
 
 
 def popen(*args, cwd=None) -> subprocess.Popen:
+    # Ctrl-C reaches the child even when the test session itself ignores SIGINT (a job started with `&` from a
+    # script does, and the child would inherit it: Python only installs its handler where SIGINT is not ignored).
     return subprocess.Popen([sys.executable, "-m", "compress", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=ENV, cwd=cwd)
+                            stderr=subprocess.PIPE, text=True, env=ENV, cwd=cwd,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
