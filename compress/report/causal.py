@@ -264,7 +264,7 @@ def recovery_rows(results: dict) -> list[list[str]]:
     rows = []
     for name, step in steps.items():
         m = step.get("pass_metrics") or {}
-        rec = m.get("recovery") or (m if step.get("pass") == "distill" and m.get("objective") else None)
+        rec = _recovery(step)
         pruned = _pruning_chain(steps, name)
         if not rec or not pruned:
             continue
@@ -352,17 +352,16 @@ def peer_rows(results: dict) -> tuple[list[str], list[list[str]]]:
     shape = results.get("primary") or {}
 
     def row_of(stage: dict) -> dict | None:
-        return next((r for r in stage.get("latency", []) if r.get("device") == shape.get("device", "cpu")
-                     and r.get("batch_size") == shape.get("batch_size", 1) and r.get("seq_len") == shape.get("seq_len")
-                     and len(r.get("p50_ms_rounds") or []) >= 2), None)
+        row = _row(stage, shape.get("device", "cpu"), shape.get("batch_size", 1), shape.get("seq_len"))
+        return row if row and len(row.get("p50_ms_rounds") or []) >= 2 else None
 
     peers = [(s["name"], row_of(s)) for s in results["stages"] if s.get("is_peer")]
     peers = [(name, row) for name, row in peers if row]
     if not peers:
         return [], []
     rows = []
-    for st in results["stages"]:
-        mine = None if st.get("is_peer") else row_of(st)
+    for st in results["stages"]:  # peers too: how the runtimes compare with each other comes from the same rounds
+        mine = row_of(st)
         if mine is None:
             continue
         cells = [st["name"]]
@@ -414,7 +413,8 @@ def train_mix_rows(results: dict) -> list[list[str]]:
     mix = (results.get("data") or {}).get("train_mix") or []
     if not mix:
         return []
-    budgets = [r.get("tokens_seen") or r.get("token_budget") or 0 for r in _recoveries(results)]
+    budgets = [r.get("tokens_seen") or r.get("token_budget") or 0
+               for r in map(_recovery, results.get("pipeline") or []) if r]
     budget = max(budgets, default=0)
     total = sum(r.get("tokens") or 0 for r in mix)
     rows = []
@@ -429,15 +429,10 @@ def train_mix_rows(results: dict) -> list[list[str]]:
     return rows
 
 
-def _recoveries(results: dict) -> list[dict]:
-    """The recovery-training records of the run's stages (a pruning pass's `recovery`, or a `distill` stage)."""
-    out = []
-    for step in results.get("pipeline") or []:
-        m = step.get("pass_metrics") or {}
-        rec = m.get("recovery") or (m if step.get("pass") == "distill" and m.get("objective") else None)
-        if rec:
-            out.append(rec)
-    return out
+def _recovery(step: dict) -> dict | None:
+    """A pipeline step's recovery-training record: a pruning pass's `recovery`, or a `distill` stage's metrics."""
+    m = step.get("pass_metrics") or {}
+    return m.get("recovery") or (m if step.get("pass") == "distill" and m.get("objective") else None)
 
 
 FRONTIER_COLUMNS = ["stage", "worst domain Δ ppl %", "Δ ppl % per domain", "largest task drop, points [95% CI]",
@@ -450,10 +445,8 @@ def frontier_rows(results: dict) -> list[list[str]]:
     best speed at its quality level. Speedup is against `goals.speedup_vs` (default the teacher)."""
     pool = [s for s in results["stages"][1:] if not s.get("is_peer") and s.get("decode_tokens_per_s")
             and s.get("ppl_increase_worst") is not None]
-    front = [s for s in pool if not any(o is not s and o["decode_tokens_per_s"] >= s["decode_tokens_per_s"]
-                                        and o["ppl_increase_worst"] <= s["ppl_increase_worst"]
-                                        and (o["decode_tokens_per_s"], -o["ppl_increase_worst"])
-                                        != (s["decode_tokens_per_s"], -s["ppl_increase_worst"]) for o in pool)]
+    flags = _pareto([(s["decode_tokens_per_s"], s["ppl_increase_worst"]) for s in pool])
+    front = [s for s, on_front in zip(pool, flags, strict=True) if on_front]
     rows = []
     for s in sorted(front, key=lambda s: -s["decode_tokens_per_s"]):
         rows.append([s["name"], _f(100 * s["ppl_increase_worst"], "{:+.1f}"),

@@ -218,7 +218,7 @@ TRAIN_MIX_NOTE = ("What the students were recovered on: every source of the trai
 FRONTIER_NOTE = ("The best decode speed at each quality level: every stage of this run that no other stage beats on "
                  "both decode speed and its worst per-domain perplexity increase, fastest first (task drop: teacher "
                  "accuracy minus the stage's, in points, with a 95% bootstrap interval paired by example).")
-PEER_NOTE = ("Decode tokens/s of the stage over the peer's, timed in the same interleaved rounds: the median of the "
+PEER_NOTE = ("Decode tokens/s of the stage (or peer runtime) over the peer's, timed in the same interleaved rounds: the median of the "
              "per-round ratios, with a 95% bootstrap interval over rounds.")
 
 
